@@ -1,0 +1,394 @@
+"""Runners: how gpuprov executes argv lists on a host, over SSH or locally.
+
+Every command is an argv list joined once with ``shlex.join``; nothing builds shell text by formatting.
+Every call has a timeout. An SSH runner owns exactly one SSH connection; never share one across threads.
+
+Host keys (see ``KnownHosts``): keys in ``~/.ssh/known_hosts`` and in the project's
+``.gpuprov/known_hosts`` are trusted; an unknown key is pinned on first use into the project file
+(unless ``strict``); a changed key is refused with the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import paramiko
+
+from .errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown, RemoteError, RemoteTimeout
+from .inventory import Host
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 120.0
+KEEPALIVE_S = 5
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    def check(self) -> "Result":
+        if self.exit_status != 0:
+            tail = "\n".join(self.stderr.strip().splitlines()[-5:])
+            raise RemoteError(
+                f"{shlex.join(self.argv)[:200]} exited {self.exit_status}" + (f": {tail}" if tail else ""),
+                self.exit_status,
+                self.stderr,
+            )
+        return self
+
+
+class Runner(Protocol):
+    host: Host
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result: ...
+
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def put_argv(path: str, mode: int) -> list[str]:
+    """The argv that writes stdin to ``path`` atomically with ``mode`` (no SFTP needed: works on RunPod)."""
+    script = 'umask 077; t="$1.gpuprov-tmp.$$"; cat > "$t" && chmod "$2" "$t" && mv -f "$t" "$1"'
+    return ["sh", "-c", script, "gpuprov-put", path, format(mode, "o")]
+
+
+# --------------------------------------------------------------------------- host keys
+
+
+class KnownHosts:
+    """Trust on first use, pinned in a project-local known_hosts file; thread-safe."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path, strict: bool = False, user_file: Path | None = None):
+        self.path = path
+        self.strict = strict
+        self.user_file = user_file if user_file is not None else Path.home() / ".ssh" / "known_hosts"
+
+    @staticmethod
+    def key_name(address: str, port: int) -> str:
+        return address if port == 22 else f"[{address}]:{port}"
+
+    def load(self) -> paramiko.HostKeys:
+        keys = paramiko.HostKeys()
+        for f in (self.user_file, self.path):
+            if f and f.is_file():
+                try:
+                    keys.load(str(f))
+                except (OSError, paramiko.SSHException):
+                    pass
+        return keys
+
+    def pin(self, name: str, key: paramiko.PKey) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            keys = paramiko.HostKeys()
+            if self.path.is_file():
+                keys.load(str(self.path))
+            keys.add(name, key.get_name(), key)
+            tmp = self.path.with_suffix(".tmp")
+            keys.save(str(tmp))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+
+    def forget(self, address: str, port: int) -> bool:
+        """Remove a pinned key (the fix for a key that changed on purpose)."""
+        with self._lock:
+            if not self.path.is_file():
+                return False
+            name = self.key_name(address, port)
+            lines = self.path.read_text().splitlines()
+            kept = [ln for ln in lines if ln.split(" ", 1)[0].split(",")[0] != name]
+            self.path.write_text("".join(x + "\n" for x in kept))
+            return len(kept) != len(lines)
+
+    def policy(self) -> paramiko.MissingHostKeyPolicy:
+        outer = self
+
+        class _Policy(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client, hostname, key):  # noqa: ANN001
+                if outer.strict:
+                    raise HostKeyUnknown(
+                        f"host key of {hostname} is not known and strict host key checking is on; "
+                        f"pin it first (connect once without --strict-host-keys) or add it to {outer.path}"
+                    )
+                outer.pin(hostname, key)
+
+        return _Policy()
+
+    def mismatch_message(self, address: str, port: int) -> str:
+        name = self.key_name(address, port)
+        return (
+            f"the host key of {name} has CHANGED since it was pinned: this may be a different machine or an "
+            f"attack, so gpuprov refuses to connect. If the host was rebuilt on purpose, forget the old key with "
+            f"`invoke forget-host --host {address}{'' if port == 22 else f':{port}'}` "
+            f"(or `ssh-keygen -R '{name}' -f {self.path}`) and connect again."
+        )
+
+
+def default_known_hosts_path() -> Path:
+    return Path(os.environ.get("GPUPROV_HOME", ".gpuprov")) / "known_hosts"
+
+
+# --------------------------------------------------------------------------- SSH
+
+
+class SSHRunner:
+    """One paramiko SSH connection to one host; exec with stdin and timeouts; TCP_NODELAY and keepalive on."""
+
+    def __init__(
+        self,
+        host: Host,
+        known_hosts: KnownHosts | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ):
+        self.host = host
+        self.known_hosts = known_hosts or KnownHosts(default_known_hosts_path())
+        self.connect_timeout = connect_timeout
+        self.exec_count = 0
+        self._client: paramiko.SSHClient | None = None
+        self._gateway: paramiko.SSHClient | None = None
+
+    # ----------------------------------------------------------- connect
+    def connect(self) -> "SSHRunner":
+        if self._client is not None:
+            return self
+        h = self.host
+        cfg = _ssh_config_for(h.address)
+        address = cfg.get("hostname", h.address)
+        port = h.port or int(cfg.get("port", 22))
+        user = h.user or cfg.get("user") or "root"
+        key_files = [h.identity_file] if h.identity_file else list(cfg.get("identityfile", []))
+        key_files = [os.path.expanduser(k) for k in key_files if k]
+        for k in key_files:
+            if not os.path.isfile(k):
+                raise AuthError(f"{h.name}: identity file {k} does not exist")
+        sock = None
+        jump = h.proxy_jump or cfg.get("proxyjump")
+        if jump:
+            sock = self._open_jump(jump, address, port)
+        client = paramiko.SSHClient()
+        client._host_keys = self.known_hosts.load()  # noqa: SLF001 - paramiko has no public setter
+        client.set_missing_host_key_policy(self.known_hosts.policy())
+        try:
+            client.connect(
+                address,
+                port=port,
+                username=user,
+                key_filename=key_files or None,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                sock=sock,
+                allow_agent=not key_files,
+                look_for_keys=not key_files,
+            )
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise HostKeyMismatch(f"{h.name}: " + self.known_hosts.mismatch_message(address, port)) from None
+        except HostKeyUnknown as e:
+            client.close()
+            raise HostKeyUnknown(f"{h.name}: {e}") from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise AuthError(f"{h.name}: {user}@{address}:{port} refused our key ({e})") from None
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            client.close()
+            reason = str(e) or type(e).__name__
+            if isinstance(e, (socket.timeout, TimeoutError)):
+                reason = f"no answer within {self.connect_timeout:g} s"
+            raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE_S)
+        raw = transport.sock
+        if isinstance(raw, socket.socket):
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._client = client
+        return self
+
+    def _open_jump(self, jump: str, address: str, port: int):  # noqa: ANN202
+        from .inventory import parse_adhoc
+
+        jh = parse_adhoc(jump.split(",")[0])
+        gw = SSHRunner(jh, self.known_hosts, self.connect_timeout).connect()
+        self._gateway = gw._client
+        assert self._gateway is not None
+        t = self._gateway.get_transport()
+        assert t is not None
+        try:
+            return t.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError) as e:
+            raise ConnectError(f"{self.host.name}: jump host {jump} cannot reach {address}:{port}: {e}") from None
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        self.connect()
+        assert self._client is not None
+        t = self._client.get_transport()
+        if t is None or not t.is_active():
+            raise ConnectError(f"{self.host.name}: the SSH connection was lost")
+        return t
+
+    # ----------------------------------------------------------- exec
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        argv = tuple(str(a) for a in argv)
+        cmd = shlex.join(argv)
+        start = time.monotonic()
+        try:
+            chan = self.transport.open_session(timeout=min(timeout, self.connect_timeout))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise ConnectError(f"{self.host.name}: cannot open a session: {e or type(e).__name__}") from None
+        self.exec_count += 1
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(cmd)
+            err_buf = io.BytesIO()
+            err_thread = threading.Thread(target=_drain_stderr, args=(chan, err_buf), daemon=True)
+            err_thread.start()
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out = _read_all(chan.recv, start + timeout)
+            err_thread.join(max(0.0, start + timeout - time.monotonic()))
+            if not chan.status_event.wait(max(0.0, start + timeout - time.monotonic())):
+                raise socket.timeout()
+            status = chan.recv_exit_status()
+        except (socket.timeout, TimeoutError):
+            chan.close()
+            raise RemoteTimeout(f"{self.host.name}: {cmd[:120]} ran past {timeout:g} s") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            chan.close()
+            raise ConnectError(f"{self.host.name}: connection lost during {cmd[:80]}: {e}") from None
+        chan.close()
+        return Result(
+            argv,
+            status,
+            out.decode("utf-8", "replace"),
+            err_buf.getvalue().decode("utf-8", "replace"),
+            time.monotonic() - start,
+        )
+
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.run(put_argv(path, mode), stdin=data, timeout=timeout).check()
+
+    def sftp_works(self, timeout: float = 5.0) -> bool:
+        try:
+            chan = self.transport.open_session(timeout=timeout)
+            chan.settimeout(timeout)
+            chan.invoke_subsystem("sftp")
+            chan.close()
+            return True
+        except (paramiko.SSHException, OSError, EOFError):
+            return False
+
+    def close(self) -> None:
+        for c in (self._client, self._gateway):
+            if c is not None:
+                c.close()
+        self._client = self._gateway = None
+
+
+def _read_all(recv, deadline: float) -> bytes:  # noqa: ANN001
+    chunks = []
+    while True:
+        if time.monotonic() > deadline:
+            raise socket.timeout()
+        data = recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def _drain_stderr(chan: paramiko.Channel, buf: io.BytesIO) -> None:
+    try:
+        while True:
+            data = chan.recv_stderr(65536)
+            if not data:
+                return
+            buf.write(data)
+    except (socket.timeout, OSError, EOFError, paramiko.SSHException):
+        return
+
+
+def _ssh_config_for(alias: str) -> dict:
+    path = Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return {}
+    cfg = paramiko.SSHConfig.from_path(str(path))
+    found = cfg.lookup(alias)
+    return {k: v for k, v in found.items() if not (k == "hostname" and v == alias)}
+
+
+def ssh_config_aliases() -> list[str]:
+    path = Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return []
+    try:
+        return [h for h in paramiko.SSHConfig.from_path(str(path)).get_hostnames() if not any(c in h for c in "*?!")]
+    except (OSError, paramiko.SSHException):
+        return []
+
+
+# --------------------------------------------------------------------------- local
+
+
+class LocalRunner:
+    """Runs on the machine you stand on (``--host local``)."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.exec_count = 0
+
+    def connect(self) -> "LocalRunner":
+        return self
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        argv = tuple(str(a) for a in argv)
+        start = time.monotonic()
+        self.exec_count += 1
+        try:
+            p = subprocess.run(list(argv), input=stdin or b"", capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise RemoteTimeout(f"local: {shlex.join(argv)[:120]} ran past {timeout:g} s") from None
+        except FileNotFoundError as e:
+            return Result(argv, 127, "", str(e), time.monotonic() - start)
+        return Result(
+            argv, p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace"),
+            time.monotonic() - start,
+        )
+
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.run(put_argv(path, mode), stdin=data, timeout=timeout).check()
+
+    def sftp_works(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def open_runner(host: Host, known_hosts: KnownHosts | None = None, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+    """A connected runner for ``host``: local for ``address: local``, SSH otherwise."""
+    if host.is_local:
+        return LocalRunner(host)
+    return SSHRunner(host, known_hosts, connect_timeout).connect()

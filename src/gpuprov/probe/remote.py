@@ -1,0 +1,203 @@
+# gpuprov probe: runs on the target host as `python3 -` (script on stdin), standard library only.
+# It collects raw observations and prints ONE JSON object; gpuprov.facts parses them locally.
+# Every failure is recorded as data, never raised: the probe must always print its JSON.
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+OUT = {"probe_version": 1, "errors": {}}
+
+
+def attempt(key, fn):
+    try:
+        OUT[key] = fn()
+    except Exception as e:  # noqa: BLE001 - a probe never crashes
+        OUT["errors"][key] = "%s: %s" % (type(e).__name__, e)
+
+
+def read(path, limit=65536):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def run(argv, timeout=20):
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        return {"rc": p.returncode, "out": p.stdout.decode("utf-8", "replace"), "err": p.stderr.decode("utf-8", "replace")[-4000:]}
+    except FileNotFoundError:
+        return {"rc": 127, "out": "", "err": "not found"}
+    except subprocess.TimeoutExpired:
+        return {"rc": 124, "out": "", "err": "timed out after %ss" % timeout}
+    except OSError as e:
+        return {"rc": 126, "out": "", "err": str(e)}
+
+
+def os_release():
+    text = read("/etc/os-release") or read("/usr/lib/os-release") or ""
+    d = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            d[k] = v.strip().strip('"')
+    return {"id": d.get("ID"), "version_id": d.get("VERSION_ID"), "pretty_name": d.get("PRETTY_NAME")}
+
+
+def pythons():
+    found, seen = [], set()
+    for d in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for n in sorted(names):
+            if n == "python3" or (n.startswith("python3.") and n[8:].isdigit()):
+                p = os.path.join(d, n)
+                real = os.path.realpath(p)
+                if real in seen or not os.access(p, os.X_OK):
+                    continue
+                seen.add(real)
+                found.append({"path": p, "name": os.path.basename(real)})
+    return found
+
+
+def this_python():
+    import importlib.util as u
+
+    return {
+        "path": sys.executable,
+        "version": "%d.%d.%d" % sys.version_info[:3],
+        "venv": u.find_spec("venv") is not None,
+        "ensurepip": u.find_spec("ensurepip") is not None,
+    }
+
+
+def init_system():
+    comm = (read("/proc/1/comm") or "").strip()
+    return {"pid1": comm or None, "systemd": comm == "systemd" and os.path.isdir("/run/systemd/system")}
+
+
+def container():
+    hints = []
+    if os.path.exists("/.dockerenv"):
+        hints.append("docker")
+    if os.path.exists("/run/.containerenv"):
+        hints.append("podman")
+    env1 = read("/proc/1/environ") or ""
+    for item in env1.split("\0"):
+        if item.startswith("container="):
+            hints.append(item.split("=", 1)[1])
+        if item.startswith("RUNPOD_POD_ID="):
+            hints.append("runpod")
+    cg = read("/proc/1/cgroup") or ""
+    for word in ("docker", "kubepods", "containerd", "lxc"):
+        if word in cg and word not in hints:
+            hints.append(word)
+    if os.environ.get("RUNPOD_POD_ID") and "runpod" not in hints:
+        hints.append("runpod")
+    return hints
+
+
+def disk():
+    workspace = os.path.isdir("/workspace")
+    root = "/workspace/gpuprov" if workspace else "/opt/gpuprov"
+    probe = root
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "/"
+    st = os.statvfs(probe)
+    return {"workspace": workspace, "install_root": root, "free_bytes": st.f_bavail * st.f_frsize, "measured_at": probe}
+
+
+def user():
+    return {"uid": os.getuid(), "name": os.environ.get("USER") or os.environ.get("LOGNAME"),
+            "sudo": shutil.which("sudo") is not None}
+
+
+def tools():
+    return {t: shutil.which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl", "nvidia-smi")}
+
+
+def nvml():
+    try:
+        import pynvml as n
+    except Exception as e:  # noqa: BLE001
+        return {"available": False, "error": "pynvml not importable: %s" % e}
+
+    def s(v):
+        return v.decode() if isinstance(v, bytes) else v
+
+    try:
+        n.nvmlInit()
+    except Exception as e:  # noqa: BLE001
+        return {"available": True, "error": "%s" % e}
+    try:
+        res = {"available": True, "driver_version": s(n.nvmlSystemGetDriverVersion()), "gpus": []}
+        try:
+            res["cuda_driver_version"] = n.nvmlSystemGetCudaDriverVersion_v2()
+        except Exception:  # noqa: BLE001
+            res["cuda_driver_version"] = n.nvmlSystemGetCudaDriverVersion()
+        for i in range(n.nvmlDeviceGetCount()):
+            h = n.nvmlDeviceGetHandleByIndex(i)
+            g = {"index": i, "name": s(n.nvmlDeviceGetName(h))}
+            for key, fn in (("uuid", lambda: s(n.nvmlDeviceGetUUID(h))),
+                            ("pci_bus_id", lambda: s(n.nvmlDeviceGetPciInfo(h).busId)),
+                            ("memory", lambda: [n.nvmlDeviceGetMemoryInfo(h).total, n.nvmlDeviceGetMemoryInfo(h).free]),
+                            ("compute_capability", lambda: list(n.nvmlDeviceGetCudaComputeCapability(h))),
+                            ("mig_mode", lambda: list(n.nvmlDeviceGetMigMode(h)))):
+                try:
+                    g[key] = fn()
+                except Exception as e:  # noqa: BLE001
+                    g[key + "_error"] = str(e)
+            res["gpus"].append(g)
+        return res
+    except Exception as e:  # noqa: BLE001
+        return {"available": True, "error": "%s" % e}
+    finally:
+        try:
+            n.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def smi():
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return {"present": False}
+    res = {"present": True, "path": exe, "xml": run([exe, "-q", "-x"])}
+    if res["xml"]["rc"] == 0:
+        res["compute_cap"] = run([exe, "--query-gpu=index,compute_cap", "--format=csv,noheader"])
+    return res
+
+
+def state():
+    out = {}
+    for root in ("/workspace/gpuprov", "/opt/gpuprov"):
+        text = read(root + "/state.json")
+        if text:
+            out[root] = text
+    return out
+
+
+attempt("hostname", platform.node)
+attempt("os", os_release)
+attempt("kernel", lambda: platform.release())
+attempt("arch", lambda: platform.machine())
+attempt("glibc", lambda: os.confstr("CS_GNU_LIBC_VERSION"))
+attempt("python", this_python)
+attempt("pythons", pythons)
+attempt("init", init_system)
+attempt("container", container)
+attempt("disk", disk)
+attempt("user", user)
+attempt("tools", tools)
+attempt("driver_files", lambda: {"proc": read("/proc/driver/nvidia/version"), "sys": read("/sys/module/nvidia/version")})
+attempt("nvml", nvml)
+if not OUT.get("nvml", {}).get("gpus"):
+    attempt("nvidia_smi", smi)
+attempt("state", state)
+sys.stdout.write(json.dumps(OUT))

@@ -1,0 +1,117 @@
+"""The only module that prints: rich tables for people, JSON for programs, errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .api import HostOutcome
+from .facts import Facts
+from .inventory import Host
+from .secrets import Secret
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, Secret):
+        return "***"
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def json_line(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def error(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
+
+
+def note(msg: str) -> None:
+    err.print(msg, markup=False)
+
+
+def fmt_gib(mib: int | None) -> str:
+    return "?" if mib is None else f"{mib / 1024:.0f} GiB"
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probe_json(outcomes: Sequence[HostOutcome]) -> None:
+    for o in outcomes:
+        if o.ok:
+            d = o.value.to_json()
+            d["host"] = o.host.name
+            json_line(d)
+        else:
+            error(str(o.error))
+
+
+def probe_human(outcomes: Sequence[HostOutcome]) -> None:
+    for o in outcomes:
+        if not o.ok:
+            error(str(o.error))
+            continue
+        f: Facts = o.value
+        out.print(f"[bold]{o.host.name}[/]  ({f.hostname}, {o.duration_s:.2f} s)")
+        rows = [
+            ("OS", f"{f.os_pretty or f.os_id} · kernel {f.kernel} · {f.arch} · {f.glibc}"),
+            ("Python", f"{f.python} at {f.python_path} (venv {'ok' if f.python_venv else 'missing'}); "
+                       f"on PATH: {', '.join(f.pythons) or 'none'}"),
+            ("Init", f"PID 1 = {f.pid1}; systemd {'yes' if f.systemd else 'no'}"
+                     + (f"; container: {', '.join(f.container)}" if f.container else "")),
+            ("Disk", f"{(f.disk_free_bytes or 0) / 2**30:.1f} GiB free for {f.install_root}"
+                     + (" (/workspace persists)" if f.workspace else "")),
+            ("SFTP", "yes" if f.sftp else "no (uploads go through exec)"),
+            ("Driver", f"{f.driver_version or 'none'}; highest CUDA {f.cuda_driver_version or '?'} (from {f.source})"),
+        ]
+        for k, v in rows:
+            out.print(f"  {k:<7} {v}", markup=False)
+        if f.gpu_error:
+            out.print(f"  [yellow]GPU     {f.gpu_error}[/]")
+        if f.gpus:
+            t = Table(show_edge=False, pad_edge=False, box=None)
+            for col in ("#", "name", "memory", "CC", "MIG", "PCI bus", "UUID"):
+                t.add_column(col)
+            for g in f.gpus:
+                mig = g.mig_mode or "-"
+                if g.mig_devices:
+                    mig += " (" + ", ".join(fmt_gib(m.memory_total_mib) for m in g.mig_devices) + ")"
+                t.add_row(str(g.index), g.name, fmt_gib(g.memory_total_mib), g.compute_capability or "?", mig,
+                          g.pci_bus_id or "?", g.uuid or "?")
+            out.print(t)
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+def inventory_human(hosts: Iterable[Host]) -> None:
+    for h in hosts:
+        out.print(f"[bold]{h.name}[/]  {h.user or '(ssh config)'}@{h.address}:{h.port or 22}  "
+                  f"groups: {', '.join(h.groups)}  [dim]declared at {h.source}[/]")
+        t = Table(show_edge=False, box=None, pad_edge=False)
+        t.add_column("var")
+        t.add_column("value")
+        t.add_column("from", style="dim")
+        for k in sorted(h.vars):
+            v = h.vars[k]
+            t.add_row(k, "***" if isinstance(v.value, Secret) else json.dumps(v.value, default=_default), v.source)
+        out.print(t)
+
+
+def inventory_json(hosts: Iterable[Host]) -> None:
+    for h in hosts:
+        json_line({
+            "host": h.name, "address": h.address, "port": h.port or 22, "user": h.user,
+            "identity_file": h.identity_file, "proxy_jump": h.proxy_jump, "groups": list(h.groups),
+            "vars": {k: {"value": v.value, "source": v.source} for k, v in h.vars.items()},
+        })

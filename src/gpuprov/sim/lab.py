@@ -1,0 +1,462 @@
+"""The simulated lab: GPU hosts you can SSH into, on this machine, for trying gpuprov and for its tests.
+
+Each host is a network namespace with its own address on a private bridge, its own hostname, ``/root``,
+``/opt``, ``/usr/local`` and ``/tmp``, and a real OpenSSH server. A ``--systemd`` host is a real systemd
+booted in an nspawn container (rootfs from debootstrap, built once and cached as a tarball).
+
+What is *not* real, and says so: the GPU. A host's ``nvidia-smi`` is a stand-in script answering from
+a recorded ``nvidia-smi -q -x`` file (its "persona"); ``--gpu none`` means no NVIDIA driver at all.
+
+Needs root, ``ip`` (iproute2), ``sshd`` (openssh-server) and, for ``--systemd``, ``systemd-nspawn``
+(systemd-container) and ``debootstrap``. Only processes the lab started are ever killed, by PID or by
+membership of the lab's own network namespaces.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import LabError
+from ..facts import cc_from_name, parse_smi_xml
+
+ROOTFS_CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim"))
+ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,python3-venv,curl,ca-certificates,procps"
+ROOTFS_VERSION = "bookworm-v1"
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+
+
+@dataclass
+class SimHost:
+    name: str
+    index: int
+    address: str
+    systemd: bool
+    gpu: str  # persona path, or "none"
+    pid: int  # sshd (plain) or systemd-nspawn (systemd) pid
+    netns: str
+    veth: str
+    dir: str
+    gpu_mode: str = ""
+    workspace: bool = False
+
+
+def _run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kw)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{' '.join(argv)} ran past {timeout} s") from None
+    except FileNotFoundError:
+        raise LabError(f"{argv[0]} is not installed (the lab needs iproute2, openssh-server, systemd-container)") from None
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+    return p
+
+
+def find_persona(spec: str, search: list[Path] | None = None) -> Path:
+    """``--gpu`` value → a recorded XML: a path, a bundled persona name, or a name in shared/testdata."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p.resolve()
+    stem = spec[:-4] if spec.endswith(".xml") else spec
+    dirs = [Path(str(resources.files(__package__).joinpath("personas")))] + (search or [])
+    dirs += [Path(d) for d in os.environ.get("GPUPROV_PERSONA_PATH", "").split(":") if d]
+    for base in [Path.cwd(), *Path.cwd().parents][:4]:
+        dirs.append(base / "shared" / "testdata" / "nvidia-smi" / "xml")
+        dirs.append(base.parent / "shared" / "testdata" / "nvidia-smi" / "xml")
+    for d in dirs:
+        f = d / f"{stem}.xml"
+        if f.is_file():
+            return f.resolve()
+    known = sorted({x.stem for d in dirs if d.is_dir() for x in d.glob("*.xml")})
+    raise LabError(f"no GPU persona {spec!r}: give a path to an nvidia-smi -q -x file or one of: {', '.join(known)}")
+
+
+class Lab:
+    """A set of simulated hosts sharing one bridge; state lives in ``dir/state.json``."""
+
+    def __init__(self, dir: str | Path, prefix: str = "gps", subnet: str = "10.231.0.0/24"):
+        if not re.match(r"^[a-z][a-z0-9]{1,5}$", prefix):
+            raise LabError(f"lab prefix {prefix!r} must be 2-6 lowercase letters/digits")
+        self.dir = Path(dir).resolve()
+        self.prefix = prefix
+        self.net = ipaddress.ip_network(subnet)
+        self.bridge = f"{prefix}br0"
+        self.bridge_ip = str(self.net.network_address + 1)
+
+    # ----------------------------------------------------------- state
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @contextmanager
+    def _locked(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            yield
+
+    def hosts(self) -> dict[str, SimHost]:
+        if not self.state_file.is_file():
+            return {}
+        data = json.loads(self.state_file.read_text())
+        return {h["name"]: SimHost(**h) for h in data.get("hosts", [])}
+
+    def _save(self, hosts: dict[str, SimHost]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"hosts": [asdict(h) for h in hosts.values()]}, indent=1))
+        os.replace(tmp, self.state_file)
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    def _ensure_client_key(self) -> None:
+        if not self.client_key.is_file():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuprov-sim", "-f", str(self.client_key)])
+
+    # ----------------------------------------------------------- network
+    def _ensure_bridge(self) -> None:
+        if _run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
+            return
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{self.bridge_ip}/{self.net.prefixlen}", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+
+    def _drop_bridge_if_unused(self) -> None:
+        if not self.hosts():
+            _run(["ip", "link", "del", self.bridge], check=False)
+
+    def _make_netns(self, h: SimHost, peer: str) -> None:
+        _run(["ip", "netns", "add", h.netns])
+        _run(["ip", "link", "add", h.veth, "type", "veth", "peer", "name", peer, "netns", h.netns])
+        _run(["ip", "link", "set", h.veth, "master", self.bridge, "up"])
+        _run(["ip", "-n", h.netns, "addr", "add", f"{h.address}/{self.net.prefixlen}", "dev", peer])
+        _run(["ip", "-n", h.netns, "link", "set", peer, "up"])
+        _run(["ip", "-n", h.netns, "link", "set", "lo", "up"])
+
+    # ----------------------------------------------------------- up
+    def up(self, name: str, gpu: str = "none", systemd: bool = False, gpu_mode: str = "",
+           workspace: bool = False, wait: float = 60) -> SimHost:
+        if not NAME_RE.match(name):
+            raise LabError(f"sim host name {name!r}: use 1-20 lowercase letters, digits and dashes, starting with a letter")
+        if os.geteuid() != 0:
+            raise LabError("the simulated lab needs root (network namespaces, mounts)")
+        persona = "none" if gpu == "none" else str(find_persona(gpu))
+        with self._locked():
+            hosts = self.hosts()
+            if name in hosts:
+                raise LabError(f"sim host {name!r} already exists; `invoke sim-down --name {name}` first")
+            used = {h.index for h in hosts.values()}
+            index = next(i for i in range(1, 200) if i not in used)
+            address = str(self.net.network_address + 9 + index)
+            hdir = self.dir / "hosts" / name
+            if hdir.exists():
+                shutil.rmtree(hdir)
+            hdir.mkdir(parents=True)
+            h = SimHost(name, index, address, systemd, persona, 0, f"{self.prefix}-{name}", f"{self.prefix}v{index}",
+                        str(hdir), gpu_mode, workspace)
+            self._ensure_client_key()
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sim-{name}", "-f", str(hdir / "host_ed25519")])
+            self._ensure_bridge()
+            try:
+                if systemd:
+                    self._up_systemd(h)
+                else:
+                    self._up_plain(h)
+            except BaseException:
+                self._teardown(h)
+                raise
+            hosts[name] = h
+            self._save(hosts)
+        try:
+            wait_for_ssh(address, 22, wait)
+        except LabError:
+            log = (hdir / ("console.log" if systemd else "sshd.log"))
+            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+            self.down(name)
+            raise LabError(f"sim host {name} did not answer SSH within {wait:g} s\n{tail}") from None
+        return h
+
+    def _gpu_files(self, h: SimHost, usrlocal: Path) -> None:
+        (usrlocal / "bin").mkdir(parents=True, exist_ok=True)
+        share = usrlocal / "share" / "gpuprov-sim"
+        share.mkdir(parents=True, exist_ok=True)
+        if h.gpu == "none":
+            return
+        xml = Path(h.gpu).read_bytes()
+        (share / "nvidia-smi.xml").write_bytes(xml)
+        rep = parse_smi_xml(xml.decode("utf-8", "replace"))
+        (share / "compute_cap").write_text(" ".join(cc_from_name(g.name) or "[N/A]" for g in rep.gpus) + "\n")
+        if h.gpu_mode:
+            (share / "mode").write_text(h.gpu_mode + "\n")
+        smi = usrlocal / "bin" / "nvidia-smi"
+        smi.write_bytes(resources.files(__package__).joinpath("files/nvidia-smi").read_bytes())
+        smi.chmod(0o755)
+
+    def _sshd_config(self, h: SimHost, authorized: str, hostkey: str) -> str:
+        return "\n".join([
+            "# gpuprov simulated host",
+            "ListenAddress 0.0.0.0",
+            "Port 22",
+            f"HostKey {hostkey}",
+            "PidFile none",
+            f"AuthorizedKeysFile {authorized}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "AllowTcpForwarding yes",
+            "MaxStartups 200",
+            "MaxSessions 100",
+            "LogLevel VERBOSE",
+            "Subsystem sftp internal-sftp",
+            "",
+        ])
+
+    def _up_plain(self, h: SimHost) -> None:
+        d = Path(h.dir)
+        for sub in ("root", "opt", "usrlocal", "workspace"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "root").chmod(0o700)
+        (d / "hostname").write_text(h.name + "\n")
+        self._gpu_files(h, d / "usrlocal")
+        # sshd's own files live in the host's /usr/local/etc/sshd: paths as seen *inside* the host, because
+        # the host's private /tmp may hide the lab folder.
+        etc = d / "usrlocal" / "etc" / "sshd"
+        etc.mkdir(parents=True)
+        inside = "/usr/local/etc/sshd"
+        shutil.copy(self.client_key.with_suffix(".pub"), etc / "authorized_keys")
+        shutil.copy(d / "host_ed25519", etc / "host_ed25519")
+        (etc / "sshd_config").write_text(self._sshd_config(h, f"{inside}/authorized_keys", f"{inside}/host_ed25519"))
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self._make_netns(h, "eth0")
+        mounts = [
+            ["hostname", h.name],
+            ["mount", "--bind", str(d / "root"), "/root"],
+            ["mount", "--bind", str(d / "opt"), "/opt"],
+            ["mount", "--bind", str(d / "usrlocal"), "/usr/local"],
+            ["mount", "--bind", str(d / "hostname"), "/etc/hostname"],
+        ]
+        if h.workspace and Path("/workspace").is_dir():
+            mounts.append(["mount", "--bind", str(d / "workspace"), "/workspace"])
+        mounts += [
+            ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"],
+            ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/var/tmp"],
+            ["/usr/sbin/sshd", "-t", "-f", f"{inside}/sshd_config"],
+        ]
+        script = "set -e\n" + "".join(" ".join(_q(a) for a in m) + "\n" for m in mounts)
+        script += f"exec /usr/sbin/sshd -D -e -f {inside}/sshd_config\n"
+        log = open(d / "sshd.log", "ab")
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+        h.pid = p.pid
+
+    def _up_systemd(self, h: SimHost) -> None:
+        if not shutil.which("systemd-nspawn"):
+            raise LabError("--systemd needs systemd-nspawn (apt-get install systemd-container)")
+        rootfs = ensure_rootfs()
+        d = Path(h.dir)
+        for sub in ("upper", "work", "merged"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        up = d / "upper"
+        (up / "etc/ssh/sshd_config.d").mkdir(parents=True)
+        (up / "root/.ssh").mkdir(parents=True, mode=0o700)
+        (up / "etc/hostname").write_text(h.name + "\n")
+        (up / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {h.name}\n::1 localhost\n")
+        (up / "etc/machine-id").write_text("")
+        shutil.copy(self.client_key.with_suffix(".pub"), up / "root/.ssh/authorized_keys")
+        for suffix in ("", ".pub"):
+            shutil.copy(d / f"host_ed25519{suffix}", up / f"etc/ssh/ssh_host_ed25519_key{suffix}")
+        os.chmod(up / "etc/ssh/ssh_host_ed25519_key", 0o600)
+        (up / "etc/ssh/sshd_config.d/gpuprov-sim.conf").write_text(
+            "Port 22\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nLogLevel VERBOSE\nMaxStartups 200\nMaxSessions 100\n"
+        )
+        self._gpu_files(h, up / "usr/local")
+        _run(["mount", "-t", "overlay", "overlay", "-o",
+              f"lowerdir={rootfs},upperdir={up},workdir={d / 'work'}", str(d / "merged")])
+        self._make_netns(h, "host0")
+        log = open(d / "console.log", "ab")
+        p = subprocess.Popen(
+            ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-M", h.name, "-D", str(d / "merged"),
+             f"--network-namespace-path=/run/netns/{h.netns}", "-b"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+        h.pid = p.pid
+
+    # ----------------------------------------------------------- down
+    def down(self, name: str | None = None) -> list[str]:
+        with self._locked():
+            hosts = self.hosts()
+            if name is not None and name not in hosts:
+                raise LabError(f"no sim host {name!r} (have: {', '.join(hosts) or 'none'})")
+            names = [name] if name else list(hosts)
+            for n in names:
+                self._teardown(hosts[n])
+                del hosts[n]
+                self._save(hosts)
+            self._drop_bridge_if_unused()
+        return names
+
+    def _teardown(self, h: SimHost) -> None:
+        d = Path(h.dir)
+        if h.pid:
+            _kill_pid(h.pid, signal.SIGTERM, wait=15 if h.systemd else 3)
+        ns_exists = Path(f"/run/netns/{h.netns}").exists()
+        if ns_exists:
+            pids = _run(["ip", "netns", "pids", h.netns], check=False).stdout.split()
+            for pid in pids:
+                _kill_pid(int(pid), signal.SIGKILL, wait=2)
+        if h.systemd and (d / "merged").is_dir():
+            for _ in range(20):
+                if _run(["umount", str(d / "merged")], check=False).returncode == 0 or not os.path.ismount(d / "merged"):
+                    break
+                time.sleep(0.25)
+        if ns_exists:
+            _run(["ip", "netns", "del", h.netns], check=False)
+        _run(["ip", "link", "del", h.veth], check=False)
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+
+    # ----------------------------------------------------------- inventory
+    def inventory_yaml(self) -> str:
+        lines = [
+            "# Generated by `invoke sim-up`; do not edit. Simulated hosts: the GPU is a stand-in.",
+            "sim:",
+            "  vars:",
+            "    user: root",
+            f"    identity_file: {self.client_key}",
+            "  hosts:",
+        ]
+        hosts = self.hosts()
+        if not hosts:
+            lines[-1] = "  hosts: {}"
+        for h in sorted(hosts.values(), key=lambda x: x.index):
+            gpu = "none" if h.gpu == "none" else Path(h.gpu).stem
+            lines += [f"    {h.name}:", f"      address: {h.address}", f"      sim_gpu: {gpu}",
+                      f"      sim_systemd: {'true' if h.systemd else 'false'}"]
+        return "\n".join(lines) + "\n"
+
+    def write_inventory(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.hosts():
+            path.write_text(self.inventory_yaml())
+        elif path.exists():
+            path.unlink()
+
+    def host_public_key(self, name: str) -> str:
+        h = self.hosts()[name]
+        return (Path(h.dir) / "host_ed25519.pub").read_text().split()[1]
+
+
+def _q(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _kill_pid(pid: int, sig: int, wait: float) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:
+            if not Path(f"/proc/{pid}").exists():
+                return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def wait_for_ssh(address: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1) as s:
+                s.settimeout(2)
+                if s.recv(4).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise LabError(f"{address}:{port} did not answer SSH within {timeout:g} s")
+
+
+# --------------------------------------------------------------------------- systemd rootfs
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (never hard-coded)."""
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if not f.is_file() or f.name.endswith((".disabled", ".save")) or "disabled" in f.name:
+            continue
+        text = f.read_text(errors="replace")
+        if "debian-security" in text and "URIs:" not in text and "deb " not in text:
+            continue
+        for m in re.finditer(r"^URIs:\s*(\S+)", text, re.M):
+            if "security" not in m.group(1):
+                return m.group(1)
+        for m in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\b", text, re.M):
+            return m.group(1)
+    raise LabError("no Debian mirror found in /etc/apt/sources.list*; the systemd rootfs cannot be built")
+
+
+def ensure_rootfs(cache: Path | None = None) -> Path:
+    """An unpacked Debian 12 rootfs with systemd + sshd + python3; built with debootstrap once, then cached."""
+    cache = cache or ROOTFS_CACHE
+    root = cache / f"rootfs-{ROOTFS_VERSION}"
+    tarball = cache / f"rootfs-{ROOTFS_VERSION}.tar.gz"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lf:
+        fcntl.flock(lf, fcntl.LOCK_EX)
+        if (root / ".gpuprov-complete").is_file():
+            return root
+        if root.exists():
+            shutil.rmtree(root)
+        if tarball.is_file():
+            root.mkdir()
+            _run(["tar", "-xzf", str(tarball), "-C", str(root)], timeout=300)
+        else:
+            if not shutil.which("debootstrap"):
+                raise LabError("--systemd needs debootstrap (apt-get install debootstrap)")
+            tmp = cache / "rootfs-building"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            _run(["debootstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}", "bookworm", str(tmp),
+                  debian_mirror()], timeout=900)
+            for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
+                for link in tmp.glob(f"etc/systemd/system/*.wants/{unit}"):
+                    link.unlink()
+            (tmp / "etc/hosts").write_text("127.0.0.1 localhost\n")
+            _run(["tar", "-czf", str(tarball) + ".tmp", "-C", str(tmp), "."], timeout=300)
+            os.replace(str(tarball) + ".tmp", tarball)
+            tmp.rename(root)
+        (root / ".gpuprov-complete").write_text(ROOTFS_VERSION + "\n")
+    return root

@@ -1,0 +1,118 @@
+"""gpuprov's command line: thin Invoke tasks that parse flags, call ``gpuprov.api`` and render with ``report``.
+
+Run ``invoke --list`` for the tasks and ``invoke --help TASK`` for one. Exit codes: 0 ok, 1 failed,
+2 bad input or refused plan, 3 a host could not be reached.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import wraps
+
+from invoke import Exit, task
+
+HOST_HELP = "inventory host, group, comma list, ~/.ssh/config alias, or user@address:port"
+COMMON_HELP = {
+    "host": HOST_HELP,
+    "inventory": "inventory file or folder (default: inventory/)",
+    "json": "machine-readable output (one JSON object per host per line)",
+    "e": "extra var key=value (repeatable; highest precedence)",
+}
+
+
+def _errors(fn):
+    """Map GpuprovError to a one-line message and its exit code; never a traceback for expected failures."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from gpuprov import report
+        from gpuprov.errors import GpuprovError
+
+        try:
+            return fn(*args, **kwargs)
+        except GpuprovError as e:
+            report.error(str(e))
+            raise Exit(code=e.exit_code) from None
+        except KeyboardInterrupt:
+            report.error("interrupted")
+            raise Exit(code=130) from None
+
+    return wrapper
+
+
+@task(help=COMMON_HELP | {"strict_host_keys": "refuse hosts whose key is not pinned yet"}, iterable=["e"])
+@_errors
+def probe(c, host, inventory=None, json=False, strict_host_keys=False, e=None):
+    """Learn a host's GPU stack in one round trip: driver, CUDA, GPUs, OS, Python, systemd, disk."""
+    from gpuprov import api, report
+
+    hosts = api.select_hosts(host, inventory, e or [])
+    outcomes = api.probe(hosts, strict=strict_host_keys)
+    (report.probe_json if json else report.probe_human)(outcomes)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise Exit(code=max(o.error.exit_code for o in failed))
+
+
+@task(name="inventory", help=COMMON_HELP, iterable=["e"])
+@_errors
+def inventory_(c, host="all", inventory=None, json=False, e=None):
+    """Show hosts with their merged vars and where each value came from."""
+    from gpuprov import api, report
+
+    hosts = api.select_hosts(host, inventory, e or [])
+    (report.inventory_json if json else report.inventory_human)(hosts)
+
+
+@task(help={"host": HOST_HELP, "inventory": COMMON_HELP["inventory"]})
+@_errors
+def forget_host(c, host, inventory=None):
+    """Forget a pinned host key (after a host was rebuilt on purpose)."""
+    from gpuprov import api, report
+
+    for h in api.select_hosts(host, inventory):
+        gone = api.forget_host(h)
+        report.note(f"{h.name}: {'forgot the pinned key' if gone else 'no pinned key'}")
+
+
+@task(
+    help={
+        "name": "host name (lowercase letters, digits, dashes)",
+        "gpu": "GPU persona: a recorded nvidia-smi -q -x file or its name, or 'none'",
+        "systemd": "boot a real systemd in an nspawn container (VM-like); default is a RunPod-like host",
+        "gpu_mode": "make the stand-in nvidia-smi fail: no-driver | mismatch",
+    }
+)
+@_errors
+def sim_up(c, name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=False, gpu_mode=""):
+    """Start a simulated GPU host (real sshd in its own network namespace; the GPU is a stand-in)."""
+    from gpuprov import api, report
+
+    h = api.sim_up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode)
+    report.note(f"{h.name}: up at {h.address} ({'systemd' if h.systemd else 'plain'}, GPU persona "
+                f"{'none' if h.gpu == 'none' else h.gpu.rsplit('/', 1)[-1]}); try `invoke probe --host {h.name}`")
+
+
+@task(help={"name": "one host (default: all)"})
+@_errors
+def sim_down(c, name=None):
+    """Remove one or all simulated hosts, leaving nothing running or mounted."""
+    from gpuprov import api, report
+
+    names = api.sim_down(name)
+    report.note(f"removed: {', '.join(names) or 'nothing (the lab was empty)'}")
+
+
+@task(help={"k": "pytest -k expression", "x": "stop at first failure", "quick": "skip the lab tiers"})
+def test(c, k=None, x=False, quick=False):
+    """Run the whole test suite (unit tests, then the simulated lab over real SSH)."""
+    args = [sys.executable, "-m", "pytest", "tests"]
+    if k:
+        args += ["-k", k]
+    if x:
+        args.append("-x")
+    if quick:
+        args += ["-m", "not lab"]
+    import shlex
+
+    c.run(shlex.join(args), pty=False)

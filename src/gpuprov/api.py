@@ -29,6 +29,9 @@ class HostOutcome:
     value: Any = None
     error: GpuprovError | None = None
     duration_s: float = 0.0
+    #: time.monotonic() when this host's work began and ended (shows that hosts overlapped)
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -63,9 +66,11 @@ def for_each_host(hosts: Iterable[Host], fn: Callable[[Host], T], max_workers: i
     def one(h: Host) -> HostOutcome:
         start = time.monotonic()
         try:
-            return HostOutcome(h, fn(h), None, time.monotonic() - start)
+            value, error = fn(h), None
         except GpuprovError as e:
-            return HostOutcome(h, None, e, time.monotonic() - start)
+            value, error = None, e
+        end = time.monotonic()
+        return HostOutcome(h, value, error, end - start, start, end)
 
     if len(hosts) == 1:
         return [one(hosts[0])]

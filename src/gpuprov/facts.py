@@ -315,7 +315,9 @@ _HEADER = re.compile(
     r"NVIDIA-SMI\s+(?P<smi>[\d.]+)\s+(?:Driver Version|KMD Version):\s*(?P<driver>[\d.]+)"
     r"(?:\s+(?:CUDA Version|CUDA UMD Version):\s*(?P<cuda>[\d.]+|N/A))?"
 )
-_ROW1 = re.compile(r"^\|\s+(?P<idx>\d+)\s+(?P<name>.+?)\s+(?:On|Off)\s+\|\s+(?P<bus>[0-9A-Fa-f:.]+)\s+(?:On|Off)\s+\|")
+_ROW1 = re.compile(
+    r"^\|\s+(?P<idx>\d+)\s+(?P<name>.+?)\s+(?:On|Off|WDDM|TCC)\s*\|\s+(?P<bus>[0-9A-Fa-f]{8}:[0-9A-Fa-f:.]+)\s+(?:On|Off)\s+\|"
+)
 _ROW2_MEM = re.compile(r"\|\s+(?P<used>\d+)MiB\s*/\s*(?P<total>\d+)MiB\s+\|")
 _MIG_ROW = re.compile(r"^\|\s+(?P<gpu>\d+)\s+(?P<gi>\d+)\s+(?P<ci>\d+)\s+(?P<dev>\d+)\s+\|\s+(?P<used>\d+)MiB\s*/\s*(?P<total>\d+)MiB")
 

@@ -1,0 +1,169 @@
+"""`invoke probe` over real SSH against simulated hosts (real sshd in network namespaces; stand-in GPUs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import paramiko
+import pytest
+import yaml
+
+from gpuprov import api
+from gpuprov.connection import KnownHosts, SSHRunner
+from gpuprov.errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown
+from gpuprov.inventory import Host
+
+from ..conftest import FIXTURES, SMI_DATA
+
+pytestmark = pytest.mark.lab
+EXPECTED = yaml.safe_load((FIXTURES / "nvidia-smi-expected.yml").read_text())
+XMLS = sorted(p for p in (SMI_DATA / "xml").glob("*.xml"))
+
+
+def host_name(i: int) -> str:
+    return f"x{i}"
+
+
+@pytest.fixture(scope="module")
+def xml_lab(sim):
+    """One plain host per recorded XML, plus a host with no driver and one whose driver is not loaded."""
+    assert XMLS, f"no recorded XML files in {SMI_DATA}"
+    for i, xml in enumerate(XMLS):
+        sim.up(host_name(i), gpu=str(xml))
+    sim.up("nogpu", gpu="none")
+    sim.up("nodrv", gpu=str(XMLS[0]), gpu_mode="no-driver")
+    return sim
+
+
+def test_probe_every_recorded_xml_over_ssh(xml_lab):
+    p = xml_lab.cli("probe", "--host", "sim", "--json")
+    assert p.returncode == 0, p.stderr
+    by_host = {d["host"]: d for d in map(json.loads, p.stdout.splitlines())}
+    assert len(by_host) == len(XMLS) + 2
+    for i, xml in enumerate(XMLS):
+        exp = EXPECTED[f"xml/{xml.name}"]
+        d = by_host[host_name(i)]
+        assert d["source"] == "nvidia-smi" and d["gpu_error"] is None, xml.name
+        assert len(d["gpus"]) == exp["count"], xml.name
+        assert d["driver_version"] == exp["driver"], xml.name
+        assert d["cuda_driver_version"] == exp["cuda"], xml.name
+        assert d["gpus"][0]["name"] == exp["name"], xml.name
+        assert d["gpus"][0]["memory_total_mib"] == exp["mib"], xml.name
+        assert d["gpus"][0]["compute_capability"] == exp["cc"], xml.name
+        assert d["systemd"] is False
+        assert d["hostname"] == host_name(i)
+        for key in ("index", "name", "uuid", "pci_bus_id", "memory_total_mib", "compute_capability", "mig_mode"):
+            assert key in d["gpus"][0]
+
+
+def test_host_without_driver_reports_no_gpus(xml_lab):
+    p = xml_lab.cli("probe", "--host", "nogpu", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["gpus"] == [] and d["driver_version"] is None and "no NVIDIA driver" in d["gpu_error"]
+    p = xml_lab.cli("probe", "--host", "nodrv", "--json")
+    d = json.loads(p.stdout)
+    assert d["gpus"] == [] and "not loaded" in d["gpu_error"]
+
+
+def test_human_output(xml_lab):
+    p = xml_lab.cli("probe", "--host", host_name(0))
+    assert p.returncode == 0
+    exp = EXPECTED[f"xml/{XMLS[0].name}"]
+    assert exp["name"] in p.stdout and exp["driver"] in p.stdout
+
+
+def test_eight_hosts_are_probed_in_parallel(xml_lab):
+    hosts = api.select_hosts(",".join(host_name(i) for i in range(8)))
+    outcomes = api.probe(hosts)
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok]
+    # every host's probe had started before the first one finished: they overlapped
+    assert max(o.started for o in outcomes) < min(o.ended for o in outcomes)
+
+
+def test_unknown_host_and_unreachable_address(xml_lab, lab_env):
+    p = xml_lab.cli("probe", "--host", "no-such-host")
+    assert p.returncode == 2 and "unknown host or group 'no-such-host'" in p.stderr
+    import ipaddress
+
+    net = ipaddress.ip_network(lab_env["GPUPROV_SIM_SUBNET"])
+    dead = str(net.network_address + 250)  # on the lab bridge, nobody there
+    p = xml_lab.cli("probe", "--host", f"root@{dead}", timeout=60)
+    assert p.returncode == 3
+    assert f"cannot reach {dead}:22" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_inventory_via_cli(xml_lab, tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("all:\n  hosts:\n    h1:\n      port: [22]\n")
+    p = xml_lab.cli("probe", "--host", "h1", "--inventory", str(bad))
+    assert p.returncode == 2 and f"{bad}:4:" in p.stderr and "port must be int" in p.stderr
+
+
+def _sim_host(name: str, lab_env) -> Host:
+    return api.select_hosts(name)[0]
+
+
+def test_host_keys_tofu_pin_mismatch_strict(xml_lab, lab_env, tmp_path):
+    a, b = _sim_host(host_name(0), lab_env), _sim_host(host_name(1), lab_env)
+    kh = KnownHosts(tmp_path / "known_hosts", user_file=tmp_path / "none")
+    with pytest.raises(HostKeyUnknown, match="strict"):
+        SSHRunner(a, KnownHosts(kh.path, strict=True, user_file=kh.user_file)).connect()
+    assert not kh.path.exists()
+    r = SSHRunner(a, kh).connect()  # trust on first use: pinned
+    r.close()
+    assert a.address in kh.path.read_text()
+    SSHRunner(a, KnownHosts(kh.path, strict=True, user_file=kh.user_file)).connect().close()  # pinned: accepted
+    # the key for a's address changes (here: b's key appears at a's address)
+    b_key = paramiko.Ed25519Key(data=__import__("base64").b64decode(
+        Path(api.sim_lab().hosts()[b.name].dir, "host_ed25519.pub").read_text().split()[1]))
+    kh.forget(a.address, 22)
+    kh.pin(a.address, b_key)
+    with pytest.raises(HostKeyMismatch) as ei:
+        SSHRunner(a, kh).connect()
+    assert "CHANGED" in str(ei.value) and "invoke forget-host" in str(ei.value)
+    assert kh.forget(a.address, 22)  # the documented fix works
+    SSHRunner(a, kh).connect().close()
+
+
+def test_wrong_key_is_an_auth_error(xml_lab, tmp_path):
+    a = _sim_host(host_name(0), None)
+    other = tmp_path / "other_key"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True, timeout=30)
+    wrong = Host(**{**a.__dict__, "identity_file": str(other)})
+    with pytest.raises(AuthError, match="refused our key"):
+        SSHRunner(wrong, api.known_hosts()).connect()
+    missing = Host(**{**a.__dict__, "identity_file": str(tmp_path / "missing")})
+    with pytest.raises(AuthError, match="does not exist"):
+        SSHRunner(missing, api.known_hosts()).connect()
+
+
+def test_connection_basics(xml_lab):
+    r = SSHRunner(_sim_host(host_name(0), None), api.known_hosts()).connect()
+    try:
+        res = r.run(["printf", "%s", "a b; $(echo no) 'q' \"d\"\nnl"])
+        assert res.stdout == "a b; $(echo no) 'q' \"d\"\nnl"  # argv reaches the host intact, nothing executed
+        res = r.run(["sh", "-c", "cat; echo err >&2; exit 3"], stdin=b"in-data")
+        assert (res.exit_status, res.stdout, res.stderr) == (3, "in-data", "err\n")
+        r.put(b"secret\n", "/root/f.txt", mode=0o600)
+        assert r.run(["stat", "-c", "%a %s", "/root/f.txt"]).stdout.strip() == "600 7"
+        from gpuprov.errors import RemoteTimeout
+
+        with pytest.raises(RemoteTimeout):
+            r.run(["sleep", "5"], timeout=0.5)
+        assert r.run(["true"]).ok  # the connection still works after a timeout
+    finally:
+        r.close()
+
+
+@pytest.mark.systemd
+def test_systemd_host_reports_systemd(sim):
+    sim.up("sd1", gpu="a10g_driver-515.105.01", systemd=True)
+    p = sim.cli("probe", "--host", "sd1", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["systemd"] is True and d["pid1"] == "systemd"
+    assert d["gpus"][0]["name"] == "NVIDIA A10G" and d["driver_version"] == "515.105.01"

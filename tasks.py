@@ -54,6 +54,37 @@ def probe(c, host, inventory=None, json=False, strict_host_keys=False, e=None):
         raise Exit(code=max(o.error.exit_code for o in failed))
 
 
+@task(
+    help=COMMON_HELP | {
+        "model": "model to serve (hub id or local path; default: the model var)",
+        "max_model_len": "context length to require (refused when it does not fit)",
+        "facts": "plan offline from a saved `invoke probe --json` file instead of probing",
+    },
+    iterable=["e"],
+)
+@_errors
+def plan(c, host=None, model=None, max_model_len=None, inventory=None, json=False, facts=None, e=None):
+    """Choose the vLLM build this driver can run and engine flags that fit; explain each choice."""
+    from gpuprov import api, report
+    from gpuprov.errors import UsageError
+
+    extra = list(e or [])
+    if model:
+        extra.append(f"model={model}")
+    if max_model_len:
+        extra.append(f"max_model_len={max_model_len}")
+    if not host and not facts:
+        raise UsageError("give --host, or --facts FILE to plan offline")
+    hosts = api.select_hosts(host, inventory, extra) if host else [api.offline_host(facts, extra)]
+    outcomes = api.plan(hosts, facts_file=facts)
+    (report.plan_json if json else report.plan_human)(outcomes)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise Exit(code=max(o.error.exit_code for o in failed))
+    if any(not o.value.ok for o in outcomes):
+        raise Exit(code=2)
+
+
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None):

@@ -93,6 +93,101 @@ def probe(hosts: Iterable[Host], strict: bool = False) -> list[HostOutcome]:
     return for_each_host(hosts, lambda h: probe_host(h, strict))
 
 
+# --------------------------------------------------------------------------- plan
+
+
+def resolve_model(name: str, timeout: float = 20.0):  # noqa: ANN201 - (ModelSpec | None, error | None)
+    """Catalog → local folder with config.json → the hub (HF_TOKEN from the environment; honours HF_ENDPOINT)."""
+    import json
+    import os
+
+    from . import models
+
+    spec = models.lookup(name)
+    if spec:
+        return spec, None
+    local = Path(name).expanduser()
+    if (local / "config.json").is_file():
+        cfg = json.loads((local / "config.json").read_text())
+        idx_file = local / "model.safetensors.index.json"
+        index = json.loads(idx_file.read_text()) if idx_file.is_file() else None
+        size = None if index else sum(f.stat().st_size for f in local.glob("*.safetensors")) or None
+        try:
+            return models.from_config(name, cfg, index, size), None
+        except GpuprovError as e:
+            return None, str(e)
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.utils import HfHubHTTPError
+
+        token = os.environ.get("HF_TOKEN") or None
+        cfg_path = hf_hub_download(name, "config.json", token=token, etag_timeout=timeout)
+        cfg = json.loads(Path(cfg_path).read_text())
+        index, size = None, None
+        try:
+            index = json.loads(Path(hf_hub_download(name, "model.safetensors.index.json", token=token,
+                                                    etag_timeout=timeout)).read_text())
+        except Exception:  # noqa: BLE001 - single-file checkpoints have no index
+            info = HfApi(token=token).model_info(name, files_metadata=True, timeout=timeout)
+            size = sum(s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors")) or None
+        return models.from_config(name, cfg, index, size), None
+    except GpuprovError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - network, auth, not found: a reason, not a crash
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        if os.environ.get("HF_TOKEN"):
+            from .secrets import redact
+
+            msg = redact(msg, os.environ["HF_TOKEN"])
+        return None, f"cannot read {name}'s config.json from the hub: {msg}"
+
+
+def plan_for(host: Host, facts: Facts):  # noqa: ANN201
+    from .plan import engine_vars, make_plan
+
+    ev = engine_vars(host)  # validates vars before any network use
+    spec, err = resolve_model(ev.model)
+    return make_plan(facts, host, spec, err)
+
+
+def offline_host(facts_file: str, extra_vars: Sequence[str] = ()) -> Host:
+    """A host for ``invoke plan --facts FILE`` without ``--host``: named after the facts, with default vars."""
+    import json
+
+    from .errors import UsageError
+    from .inventory import Host as _Host
+
+    try:
+        first = json.loads(Path(facts_file).read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError) as e:
+        raise UsageError(f"--facts {facts_file}: {e}") from None
+    h = _Host(name=str(first.get("host") or "offline"), address="offline", groups=("all",),
+              vars=settings.frozen(settings.defaults()))
+    extra = parse_extra_vars(extra_vars)
+    return h.with_vars(extra, "command line") if extra else h
+
+
+def plan(hosts: Iterable[Host], facts_file: str | None = None, strict: bool = False) -> list[HostOutcome]:
+    """Probe (or read ``--facts``) and plan each host."""
+    from .plan import engine_vars
+
+    for h in hosts:
+        engine_vars(h)  # absurd values: a clear error before connecting anywhere
+    if facts_file:
+        import json
+
+        from .errors import UsageError
+
+        try:
+            lines = [json.loads(x) for x in Path(facts_file).read_text().splitlines() if x.strip()]
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--facts {facts_file}: {e}") from None
+        offline = [Facts.from_json(d) for d in lines]
+        return for_each_host(hosts, lambda h: plan_for(h, offline[0] if len(offline) == 1 else
+                                                       next((f for f in offline if f.host == h.name), offline[0])))
+    return for_each_host(hosts, lambda h: plan_for(h, probe_host(h, strict)))
+
+
 def forget_host(host: Host) -> bool:
     return known_hosts().forget(host.address, host.port or 22)
 

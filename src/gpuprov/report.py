@@ -115,3 +115,52 @@ def inventory_json(hosts: Iterable[Host]) -> None:
             "identity_file": h.identity_file, "proxy_jump": h.proxy_jump, "groups": list(h.groups),
             "vars": {k: {"value": v.value, "source": v.source} for k, v in h.vars.items()},
         })
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan_json(outcomes: Sequence[HostOutcome]) -> None:
+    for o in outcomes:
+        if o.ok:
+            json_line(o.value.to_json())
+        else:
+            error(str(o.error))
+
+
+def plan_human(outcomes: Sequence[HostOutcome]) -> None:
+    import shlex
+
+    for o in outcomes:
+        if not o.ok:
+            error(str(o.error))
+            continue
+        p = o.value
+        if not p.ok:
+            out.print(f"[bold]{p.host}[/]: [bold red]REFUSED[/] {p.model}")
+            out.print(f"  why: {p.reason}", markup=False)
+            for w in p.ways_out:
+                out.print(f"  would work: {w}", markup=False)
+            for w in p.why:
+                out.print(f"  [dim]· {w}[/]")
+            continue
+        out.print(f"[bold]{p.host}[/]: [green]OK[/] {p.model}")
+        compat = " + CUDA forward compatibility" if p.cuda_compat else ""
+        extra = f" from {p.extra_index_url}" if p.extra_index_url else " from the default index"
+        rows = [
+            ("vLLM", f"{p.vllm_version} ({p.cuda_variant}{compat}){extra}; torch {p.torch_version} ({p.torch_backend})"),
+            ("Python", f"{p.python}{' (uv-managed)' if p.python_managed else ''} in {p.venv}"),
+            ("Sizing", f"tensor_parallel_size {p.tensor_parallel_size}, max_model_len {p.max_model_len}, "
+                       f"gpu_memory_utilization {p.gpu_memory_utilization}, max_num_seqs {p.max_num_seqs}"),
+            ("Memory", f"per GPU {p.memory.get('gpu_gib')} GiB: weights {p.memory.get('weights_gib')} + overhead "
+                       f"{p.memory.get('overhead_gib')} + KV {p.memory.get('kv_available_gib')} GiB "
+                       f"({p.memory.get('kv_bytes_per_token')} B/token)"),
+            ("Service", f"{p.service_manager}; endpoint http://{p.engine_host}:{p.engine_port}/v1"),
+            ("Command", "vllm serve " + shlex.join(p.serve_args)),
+        ]
+        for k, v in rows:
+            out.print(f"  {k:<8} {v}", markup=False)
+        for w in p.why:
+            out.print(f"  [dim]· {w}[/]")
+        for w in p.warnings:
+            out.print(f"  [yellow]! {w}[/]")

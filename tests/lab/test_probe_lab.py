@@ -37,7 +37,8 @@ def xml_lab(sim):
 
 
 def test_probe_every_recorded_xml_over_ssh(xml_lab):
-    p = xml_lab.cli("probe", "--host", "sim", "--json")
+    names = ",".join([host_name(i) for i in range(len(XMLS))] + ["nogpu", "nodrv"])
+    p = xml_lab.cli("probe", "--host", names, "--json")
     assert p.returncode == 0, p.stderr
     by_host = {d["host"]: d for d in map(json.loads, p.stdout.splitlines())}
     assert len(by_host) == len(XMLS) + 2
@@ -167,3 +168,33 @@ def test_systemd_host_reports_systemd(sim):
     d = json.loads(p.stdout)
     assert d["systemd"] is True and d["pid1"] == "systemd"
     assert d["gpus"][0]["name"] == "NVIDIA A10G" and d["driver_version"] == "515.105.01"
+
+
+def test_plan_on_every_recorded_xml_host(xml_lab, tmp_path):
+    """`invoke plan --host sim` probes each sim host over SSH and plans it; refusals exit 2 with JSON printed."""
+    names = ",".join([host_name(i) for i in range(len(XMLS))] + ["nogpu", "nodrv"])
+    p = xml_lab.cli("plan", "--host", names, "--json", "-e", "model=meta-llama/Llama-3.2-3B-Instruct")
+    plans = {d["host"]: d for d in map(json.loads, p.stdout.splitlines())}
+    assert len(plans) == len(XMLS) + 2, p.stderr
+    assert p.returncode == 2  # some recorded GPUs (Pascal, Volta, old drivers) are refused
+    for i, xml in enumerate(XMLS):
+        d = plans[host_name(i)]
+        for key in ("ok", "reason", "vllm_version", "cuda_variant", "cuda_compat", "torch_backend",
+                    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "attention_backend", "serve_args"):
+            assert key in d, key
+        exp = EXPECTED[f"xml/{xml.name}"]
+        if d["ok"]:
+            assert d["serve_args"][0] == "meta-llama/Llama-3.2-3B-Instruct"
+            assert d["cuda_variant"] == ("cu130" if exp["driver"] >= "580" else "cu129")
+        else:
+            assert d["reason"]
+    assert plans["nogpu"]["ok"] is False and "no usable NVIDIA GPU" in plans["nogpu"]["reason"]
+    # offline: the same decision from a saved probe
+    facts = tmp_path / "facts.json"
+    facts.write_text(xml_lab.cli("probe", "--host", host_name(0), "--json").stdout)
+    off = xml_lab.cli("plan", "--facts", str(facts), "--json", "-e", "model=meta-llama/Llama-3.2-3B-Instruct")
+    d = json.loads(off.stdout)
+    on = plans[host_name(0)]
+    assert {k: d[k] for k in ("ok", "vllm_version", "cuda_variant", "max_model_len")} == \
+        {k: on[k] for k in ("ok", "vllm_version", "cuda_variant", "max_model_len")}
+    assert off.returncode == (0 if d["ok"] else 2)

@@ -1,0 +1,169 @@
+"""Which vLLM build can this driver run? Pure functions over ``data/compat.yml`` (dated, with sources).
+
+Rules (see the data file for sources): a driver >= 580 runs the default CUDA 13.0 wheel of any listed
+release; 525 <= driver < 580 needs the ``+cu129`` variant (0.32.0 is the last release with one), or — on
+data center GPUs only — the CUDA 13 wheel with NVIDIA forward compatibility (``cuda-compat-13-0``);
+older drivers, compute capability < 7.5, no GPU, or an unsupported CPU arch are refused with a way out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Mapping
+
+import yaml
+
+from .facts import Facts
+
+
+def vtuple(v: str | float | None) -> tuple[int, ...]:
+    if v is None:
+        return ()
+    return tuple(int(x) for x in re.findall(r"\d+", str(v))[:4])
+
+
+@lru_cache(maxsize=1)
+def matrix() -> Mapping[str, Any]:
+    return yaml.safe_load(resources.files("gpuprov").joinpath("data/compat.yml").read_text())
+
+
+@dataclass(frozen=True)
+class Build:
+    vllm_version: str
+    cuda_variant: str
+    cuda: str
+    torch_version: str
+    torch_backend: str
+    extra_index_url: str | None
+    cuda_compat: bool
+    python: str
+    python_managed: bool  # True: uv fetches this Python (the host has none in range)
+    download_kernels: bool
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    ways_out: tuple[str, ...]
+
+
+def is_datacenter(name: str) -> bool:
+    return bool(re.search(matrix()["datacenter_gpus"], name))
+
+
+def _pick_python(facts: Facts, lo: float, hi: float) -> tuple[str, bool]:
+    lo_t, hi_t = vtuple(lo), vtuple(hi)
+    ok = [p for p in facts.pythons if lo_t <= vtuple(p) <= hi_t]
+    if ok:
+        return max(ok, key=vtuple), False
+    return "3.12", True
+
+
+def choose_build(facts: Facts, pin: str | None = None, model_min_cc: str | None = None,
+                 model_min_vllm: str | None = None) -> tuple[Build | None, Refusal | None, list[str]]:
+    """facts (+ a user's ``vllm_version`` pin) → the build to install, or a refusal; plus the reasons."""
+    m = matrix()
+    why: list[str] = []
+    if not facts.gpus:
+        return None, Refusal(
+            f"no usable NVIDIA GPU: {facts.gpu_error or 'none found'}",
+            ("use a host with an NVIDIA GPU and a loaded driver (nvidia-smi must work there)",
+             "if the driver was just upgraded, reboot the host (NVML/driver mismatch clears on reboot)"),
+        ), why
+    if facts.arch and facts.arch not in m["archs"]:
+        return None, Refusal(f"CPU architecture {facts.arch} has no vLLM CUDA wheels",
+                             (f"use an {' or '.join(m['archs'])} host",)), why
+    if facts.glibc and vtuple(facts.glibc.split()[-1]) < vtuple(m["manylinux_glibc"]):
+        return None, Refusal(f"{facts.glibc} is older than the {m['manylinux_glibc']} the manylinux_2_28 wheels need",
+                             ("use a newer OS image (Debian 12, Ubuntu 22.04 or later)",)), why
+    ccs = [g.compute_capability for g in facts.gpus]
+    lowest_cc = min((c for c in ccs if c), key=vtuple, default=None)
+    if lowest_cc is None:
+        return None, Refusal("the GPUs' compute capability is unknown", ("probe again with a newer nvidia-smi",)), why
+    need_cc = max(m["min_compute_capability"], model_min_cc or "0", key=vtuple)
+    if vtuple(lowest_cc) < vtuple(need_cc):
+        gpu = facts.gpus[0].name
+        if model_min_cc and vtuple(model_min_cc) > vtuple(m["min_compute_capability"]) and vtuple(lowest_cc) >= vtuple(
+                m["min_compute_capability"]):
+            reason = f"{gpu} has compute capability {lowest_cc}; this model needs >= {model_min_cc}"
+            ways = ("use an Ampere or newer GPU (A10, A100, L4, L40S, RTX 30xx/40xx, H100)", "serve a model without this requirement")
+        else:
+            reason = (f"{gpu} has compute capability {lowest_cc}; current vLLM CUDA wheels need >= "
+                      f"{m['min_compute_capability']} (CUDA 13 dropped Maxwell, Pascal and Volta)")
+            ways = ("use a Turing or newer GPU (T4, A10, L4, A100, L40S, RTX 20xx and up, H100)",)
+        return None, Refusal(reason, ways), why
+    why.append(f"compute capability {lowest_cc} >= {need_cc}")
+
+    driver = facts.driver_version
+    if not driver:
+        return None, Refusal("the NVIDIA driver version is unknown", ("check that nvidia-smi works on the host",)), why
+    dv = vtuple(driver)
+    cu13 = vtuple(m["cuda_families"]["13"]["min_driver"])
+    cu12 = vtuple(m["cuda_families"]["12"]["min_driver"])
+    datacenter = all(is_datacenter(g.name) for g in facts.gpus)
+    cc_driver = max((m["min_driver_by_cc"].get(c, "0") for c in ccs if c), key=vtuple, default="0")
+    if dv < vtuple(cc_driver):
+        return None, Refusal(
+            f"{facts.gpus[0].name} (compute capability {lowest_cc}) needs driver >= {cc_driver}; the host has {driver}",
+            (f"upgrade the NVIDIA driver to >= {cc_driver} (R580 or newer recommended)",)), why
+
+    releases = m["vllm"]
+    if model_min_vllm:
+        releases = [r for r in releases if vtuple(r["version"]) >= vtuple(model_min_vllm)]
+    if pin:
+        rel = [r for r in releases if r["version"] == str(pin)]
+        if not rel:
+            known = ", ".join(r["version"] for r in m["vllm"])
+            return None, Refusal(f"vllm_version {pin} is not in the compatibility table (updated {m['updated']})",
+                                 (f"pin one of: {known}", "or unset vllm_version to let gpuprov choose")), why
+        releases = rel
+
+    def build(rel: Mapping[str, Any], variant: str, compat: bool) -> Build:
+        v = rel["variants"][variant]
+        py, managed = _pick_python(facts, *rel["python"])
+        env = dict(m["forward_compat"]["env"]) if compat else {}
+        return Build(rel["version"], variant, v["cuda"], rel["torch"], v["torch_backend"], v.get("extra_index"),
+                     compat, py, managed, bool(rel.get("download_kernels")), env)
+
+    if dv >= cu13:
+        rel = releases[0]
+        why.append(f"driver {driver} >= {m['cuda_families']['13']['min_driver']} runs CUDA 13: "
+                   f"vLLM {rel['version']} default cu130 wheel")
+        return build(rel, "cu130", False), None, why
+    if dv >= cu12:
+        cu129 = [r for r in releases if "cu129" in r["variants"]
+                 and not (set(r["variants"]["cu129"].get("skips_cc", [])) & set(ccs))]
+        fc = m["forward_compat"]
+        compat_ok = datacenter and dv[0] in fc["host_branches"]
+        if pin and not cu129:
+            if compat_ok:
+                why.append(f"vLLM {pin} has no cu129 wheel; data center GPU on R{dv[0]}: CUDA 13 wheel with "
+                           f"forward compatibility ({fc['apt_package']})")
+                return build(releases[0], "cu130", True), None, why
+            return None, Refusal(
+                f"vLLM {pin} is built for CUDA 13 only, which needs driver >= {m['cuda_families']['13']['min_driver']}; "
+                f"the host has {driver}" + ("" if datacenter else
+                                            f", and forward compatibility does not work on {facts.gpus[0].name} (consumer GPU)"),
+                ("upgrade the driver to R580 or newer",
+                 "or unpin vllm_version (0.32.0 is the newest release with a CUDA 12.9 build)")), why
+        if cu129:
+            rel = cu129[0]
+            why.append(f"driver {driver} supports CUDA {facts.cuda_driver_version or '12.x'} (< 13): the +cu129 "
+                       f"build of vLLM {rel['version']} from its wheel index, torch {rel['torch']} cu129")
+            return build(rel, "cu129", False), None, why
+        if compat_ok:
+            why.append(f"no cu129 build fits; data center GPU on R{dv[0]}: CUDA 13 + forward compatibility")
+            return build(releases[0], "cu130", True), None, why
+        return None, Refusal(
+            f"no vLLM build for driver {driver} and {facts.gpus[0].name}",
+            ("upgrade the NVIDIA driver to R580 or newer",)), why
+    return None, Refusal(
+        f"driver {driver} supports CUDA {facts.cuda_driver_version or '< 12'} only; current vLLM needs driver >= "
+        f"{m['cuda_families']['12']['min_driver']} (CUDA 12.x builds, up to vLLM 0.32.0) or >= "
+        f"{m['cuda_families']['13']['min_driver']} (CUDA 13)",
+        ("upgrade the NVIDIA driver to R580 or newer (R580 is the long-term branch until 2028)",
+         "or pick a host whose CUDA version is >= 13.0 (RunPod: filter by CUDA version)")), why

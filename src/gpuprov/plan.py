@@ -1,0 +1,377 @@
+"""Facts + vars (+ model knowledge) → Plan. Pure functions, no I/O: every decision comes with its reason.
+
+The plan holds what provisioning needs: the vLLM build (version, CUDA variant, torch backend, indexes,
+forward compatibility), the sizing (tensor parallel size, max_model_len, utilization, batch limits), the
+exact ``vllm serve`` argv and environment, and the paths on the host. A refused plan (``ok: false``) says
+why and what would work; nothing is installed or downloaded for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Mapping
+
+import yaml
+
+from .compat import Build, choose_build, vtuple
+from .errors import UsageError
+from .facts import GPU, Facts
+from .fit import (DEFAULT_UTIL, KV_DTYPE_BYTES, MAX_AUTO_UTIL, MIN_CONTEXT, Sizing, batch_defaults, round_len, size,
+                  tp_candidates)
+from .inventory import Host
+from .models import ModelSpec
+from .secrets import Secret
+
+
+@lru_cache(maxsize=1)
+def flag_table() -> Mapping[str, Any]:
+    return yaml.safe_load(resources.files("gpuprov").joinpath("data/vllm_flags.yml").read_text())
+
+
+@dataclass(frozen=True)
+class Plan:
+    ok: bool
+    host: str
+    model: str
+    reason: str | None = None
+    ways_out: tuple[str, ...] = ()
+    vllm_version: str | None = None
+    cuda_variant: str | None = None
+    cuda_compat: bool = False
+    torch_backend: str | None = None
+    torch_version: str | None = None
+    extra_index_url: str | None = None
+    index_url: str | None = None
+    python: str | None = None
+    python_managed: bool = False
+    download_kernels: bool = False
+    tensor_parallel_size: int | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_cache_dtype: str = "auto"
+    attention_backend: str | None = None
+    serve_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    api_key_required: bool = False
+    engine_host: str = "127.0.0.1"
+    engine_port: int = 8000
+    service_manager: str = "supervisor"
+    install_root: str = "/opt/gpuprov"
+    venv: str | None = None
+    hf_home: str | None = None
+    model_gib: float | None = None
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    why: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["serve_args"] = list(self.serve_args)
+        d["env"] = dict(self.env)
+        d["memory"] = dict(self.memory)
+        return d
+
+
+# --------------------------------------------------------------------------- vars
+
+
+@dataclass(frozen=True)
+class EngineVars:
+    model: str
+    max_model_len: int | None
+    gpu_memory_utilization: float | None
+    max_num_seqs: int | None
+    max_num_batched_tokens: int | None
+    tensor_parallel_size: int | None
+    kv_cache_dtype: str
+    vllm_version: str | None
+    engine_host: str
+    engine_port: int
+    api_key: Secret | None
+    extra_serve_args: tuple[str, ...]
+    extra_env: Mapping[str, str]
+    gpu_indices: tuple[int, ...] | None
+    served_model_name: str | None
+    enforce_eager: bool
+    install_root: str | None
+
+
+def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, str) and v.strip().lower().endswith("k") and v.strip()[:-1].isdigit():
+        v = int(v.strip()[:-1]) * 1024
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and not v.strip().lstrip("-").isdigit()):
+        raise UsageError(f"{name} must be a whole number, got {v!r}")
+    n = int(v)
+    if n < lo or (hi is not None and n > hi):
+        raise UsageError(f"{name} must be between {lo} and {hi}, got {n}" if hi else f"{name} must be >= {lo}, got {n}")
+    return n
+
+
+def engine_vars(host: Host) -> EngineVars:
+    """Validate the vars the planner reads; absurd values fail here, before any connection."""
+    v = host.var
+    model = v("model")
+    if not isinstance(model, str) or not model.strip() or any(c in model for c in "\n\r\0"):
+        raise UsageError(f"model must be a model id or path, got {model!r}")
+    util = v("gpu_memory_utilization")
+    if util is not None:
+        try:
+            util = float(util)
+        except (TypeError, ValueError):
+            raise UsageError(f"gpu_memory_utilization must be a number in (0, 1], got {util!r}") from None
+        if not 0 < util <= 1:
+            raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+    kv = v("kv_cache_dtype") or "auto"
+    if kv not in KV_DTYPE_BYTES:
+        raise UsageError(f"kv_cache_dtype must be one of {', '.join(KV_DTYPE_BYTES)}, got {kv!r}")
+    port = _int("engine_port", v("engine_port", 8000), 1, 65535)
+    extra = v("extra_serve_args") or []
+    if isinstance(extra, str):
+        import shlex
+
+        extra = shlex.split(extra)
+    if not isinstance(extra, list) or not all(isinstance(x, (str, int, float)) for x in extra):
+        raise UsageError("extra_serve_args must be a list of strings")
+    env = v("extra_env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and k.isidentifier() for k in env):
+        raise UsageError("extra_env must be a mapping of NAME: value")
+    gpus = v("gpu_indices")
+    if gpus is not None:
+        if isinstance(gpus, int):
+            gpus = [gpus]
+        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus):
+            raise UsageError(f"gpu_indices must be a list of GPU indexes, got {gpus!r}")
+    key = v("api_key")
+    if key is not None and not isinstance(key, Secret):
+        key = Secret(str(key), "api_key") if str(key) else None
+    host_bind = str(v("engine_host") or "127.0.0.1")
+    return EngineVars(
+        model=model.strip(),
+        max_model_len=_int("max_model_len", v("max_model_len"), 1, 10_000_000),
+        gpu_memory_utilization=util,
+        max_num_seqs=_int("max_num_seqs", v("max_num_seqs"), 1, 65536),
+        max_num_batched_tokens=_int("max_num_batched_tokens", v("max_num_batched_tokens"), 1, 1_048_576),
+        tensor_parallel_size=_int("tensor_parallel_size", v("tensor_parallel_size"), 1, 64),
+        kv_cache_dtype=kv,
+        vllm_version=str(v("vllm_version")) if v("vllm_version") else None,
+        engine_host=host_bind,
+        engine_port=port or 8000,
+        api_key=key,
+        extra_serve_args=tuple(str(x) for x in extra),
+        extra_env={k: str(x) for k, x in env.items()},
+        gpu_indices=tuple(gpus) if gpus is not None else None,
+        served_model_name=v("served_model_name"),
+        enforce_eager=bool(v("enforce_eager", False)),
+        install_root=v("install_root"),
+    )
+
+
+# --------------------------------------------------------------------------- sizing
+
+
+def _devices(facts: Facts, ev: EngineVars) -> tuple[list[GPU], list[str]]:
+    notes = []
+    gpus = list(facts.gpus)
+    if ev.gpu_indices is not None:
+        known = {g.index for g in gpus}
+        bad = [i for i in ev.gpu_indices if i not in known]
+        if bad:
+            raise UsageError(f"gpu_indices {bad} not on this host (it has GPUs {sorted(known)})")
+        gpus = [g for g in gpus if g.index in ev.gpu_indices]
+    mig = [g for g in gpus if g.mig_mode == "Enabled"]
+    if mig:
+        # a vLLM process uses one MIG slice; tensor parallelism across slices is not supported
+        slices = [(m.memory_total_mib, g, m) for g in mig for m in g.mig_devices]
+        if slices:
+            mib, g, m = max(slices, key=lambda x: x[0])
+            notes.append(f"MIG is enabled on GPU {g.index}: planning for its largest slice ({mib} MiB, MIG device "
+                         f"{m.index}); tensor parallelism across MIG slices is not possible")
+            return [GPU(g.index, f"{g.name} MIG {m.index}", g.uuid, g.pci_bus_id, mib, None, g.compute_capability,
+                        "Enabled")], notes
+    return gpus, notes
+
+
+def _choose_sizing(model: ModelSpec, gpus: list[GPU], ev: EngineVars) -> tuple[Sizing | None, list[Sizing], str]:
+    """Fewest GPUs, then the least aggressive settings, that reach the target context."""
+    mem = min(g.memory_total_mib or 0 for g in gpus)
+    name = gpus[0].name
+    seqs0, batched0 = batch_defaults(mem / 1024, name)
+    target = ev.max_model_len or model.max_position_embeddings
+    tps = [ev.tensor_parallel_size] if ev.tensor_parallel_size else tp_candidates(model, len(gpus))
+    utils = [ev.gpu_memory_utilization] if ev.gpu_memory_utilization else [DEFAULT_UTIL, MAX_AUTO_UTIL]
+    batches = [(ev.max_num_seqs or seqs0, ev.max_num_batched_tokens or batched0)]
+    if not (ev.max_num_seqs or ev.max_num_batched_tokens):
+        for s, b in ((256, 2048), (128, 1024)):
+            if (s, b) != batches[0] and s <= batches[0][0]:
+                batches.append((s, b))
+    tried: list[Sizing] = []
+    for tp in tps:
+        for util in utils:
+            for seqs, batched in batches:
+                s = size(model, mem, name, tp, util, seqs, batched, ev.kv_cache_dtype, ev.enforce_eager)
+                tried.append(s)
+                if s.max_len_that_fits >= target:
+                    return s, tried, "target"
+    # nothing reaches the target: the configuration with the longest context (if any context fits)
+    best = max(tried, key=lambda s: s.max_len_that_fits, default=None)
+    if best and best.max_len_that_fits >= MIN_CONTEXT and not ev.max_model_len:
+        return best, tried, "best"
+    return None, tried, "none"
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int, build: Build, cc: str | None,
+                hf_home: str) -> tuple[list[str], str | None, list[str]]:
+    warnings: list[str] = []
+    args = [ev.model, "--host", ev.engine_host, "--port", str(ev.engine_port),
+            "--served-model-name", ev.served_model_name or ev.model,
+            "--max-model-len", str(max_len),
+            "--gpu-memory-utilization", f"{s.gpu_memory_utilization:g}",
+            "--max-num-seqs", str(s.max_num_seqs),
+            "--max-num-batched-tokens", str(s.max_num_batched_tokens)]
+    if s.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if ev.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", ev.kv_cache_dtype]
+    if ev.enforce_eager:
+        args.append("--enforce-eager")
+    attention = None
+    if model is not None:
+        if model.tool_call_parser:
+            args += ["--enable-auto-tool-choice", "--tool-call-parser", model.tool_call_parser]
+        if model.reasoning_parser:
+            args += ["--reasoning-parser", model.reasoning_parser]
+        ab = model.attention_backend_before
+        if ab and cc and vtuple(build.vllm_version) < vtuple(ab["version"]):
+            attention = ab["by_cc"].get(cc)
+            if attention:
+                args += ["--attention-backend", attention]
+    table = flag_table()
+    extra = list(ev.extra_serve_args)
+    for a in extra:
+        if not a.startswith("--"):
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in table["removed"]:
+            raise UsageError(f"extra_serve_args: {flag} — {table['removed'][flag]}")
+        info = table["flags"].get(flag)
+        if info and info.get("secret"):
+            raise UsageError(f"extra_serve_args: {flag} would put a secret in the process list; set api_key "
+                             "(or HF_TOKEN in your environment) instead")
+        if info is None:
+            warnings.append(f"extra_serve_args: {flag} is not in gpuprov's flag table for vLLM "
+                            f"{build.vllm_version}; passed through as given")
+    emitted = {a for a in args if a.startswith("--")}
+    for flag in emitted:
+        assert flag in table["flags"], f"gpuprov emitted unknown flag {flag}"  # a bug, not user input
+    args += extra
+    return args, attention, warnings
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: str | None = None) -> Plan:
+    ev = engine_vars(host)
+    base = {"host": host.name, "model": ev.model, "engine_host": ev.engine_host, "engine_port": ev.engine_port}
+    why: list[str] = []
+    warnings: list[str] = []
+    if model is None:
+        return Plan(False, reason=model_error or f"unknown model {ev.model}",
+                    ways_out=("use a model from the catalog (gpuprov.models), a hub id whose config.json can be "
+                              "read (set HF_TOKEN for gated models), or a local path",), **base)
+    build, refusal, bwhy = choose_build(facts, ev.vllm_version, model.min_compute_capability, model.min_vllm)
+    why += bwhy
+    if refusal:
+        return Plan(False, reason=refusal.reason, ways_out=refusal.ways_out, why=tuple(why), **base)
+    assert build is not None
+    gpus, notes = _devices(facts, ev)
+    why += notes
+    if not gpus:
+        return Plan(False, reason="no GPU selected", ways_out=("check gpu_indices",), **base)
+    for g in gpus:
+        if g.memory_free_mib is not None and g.memory_total_mib and g.memory_free_mib < 0.5 * g.memory_total_mib:
+            warnings.append(f"GPU {g.index} has only {g.memory_free_mib} MiB free now (another process, or a running "
+                            "engine that gpuprov will replace); vLLM needs its share free at start-up")
+    if ev.tensor_parallel_size and ev.tensor_parallel_size > len(gpus):
+        raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} > the {len(gpus)} GPU(s) on {host.name}")
+    if ev.tensor_parallel_size and model.num_attention_heads % ev.tensor_parallel_size:
+        raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} does not divide {model.name}'s "
+                         f"{model.num_attention_heads} attention heads")
+    sizing, tried, how = _choose_sizing(model, gpus, ev)
+    mem = {"gpu": gpus[0].name, "gpus": len(gpus), "weights_gib": model.weight_gib,
+           "kv_bytes_per_token": model.kv_bytes_per_token(KV_DTYPE_BYTES.get(ev.kv_cache_dtype, 2))}
+    if sizing is None:
+        best = max(tried, key=lambda s: s.max_len_that_fits)
+        fits = round_len(best.max_len_that_fits)
+        ways = []
+        if fits >= MIN_CONTEXT:
+            ways.append(f"max_model_len={fits} (the longest that fits here)")
+        more = next((t for t in (2, 4, 8) if t > len(gpus) and model.num_attention_heads % t == 0), None)
+        if more:
+            ways.append(f"a host with {more}+ GPUs like these (tensor parallelism splits weights and KV cache)")
+        if ev.kv_cache_dtype == "auto":
+            fp8 = size(model, best.gpu_gib * 1024, gpus[0].name, best.tensor_parallel_size,
+                       best.gpu_memory_utilization, best.max_num_seqs, best.max_num_batched_tokens, "fp8")
+            if fp8.max_len_that_fits > best.max_len_that_fits:
+                ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fp8.max_len_that_fits)} tokens)")
+        ways.append("a GPU with more memory")
+        if best.max_len_that_fits < 0 or fits < MIN_CONTEXT:
+            reason = (f"{model.name} does not fit: {model.weight_gib:g} GiB of weights "
+                      f"({best.weights_gib:g} GiB per GPU at tensor parallel {best.tensor_parallel_size}) + "
+                      f"{best.overhead_gib:g} GiB overhead exceed {best.gpu_gib:g} GiB × "
+                      f"{best.gpu_memory_utilization:g} per GPU on {len(gpus)} × {gpus[0].name}")
+        else:
+            reason = (f"max_model_len {ev.max_model_len} does not fit: the KV cache holds at most {fits} tokens on "
+                      f"{best.tensor_parallel_size} × {gpus[0].name}")
+        return Plan(False, reason=reason, ways_out=tuple(ways), why=tuple(why), memory={**mem, **best.as_dict()},
+                    **base)
+    max_len = ev.max_model_len or min(model.max_position_embeddings, round_len(sizing.max_len_that_fits))
+    if how == "best" and not ev.max_model_len:
+        why.append(f"the model's full {model.max_position_embeddings}-token context does not fit; "
+                   f"max_model_len {max_len} is the longest that does")
+    else:
+        why.append(f"max_model_len {max_len}: " + ("as requested" if ev.max_model_len else "the model's maximum")
+                   + f", fits in {sizing.kv_available_gib:g} GiB of KV cache per GPU")
+    why.append(f"tensor_parallel_size {sizing.tensor_parallel_size}: fewest of the {len(gpus)} GPU(s) that fit "
+               f"(weights {model.weight_gib:g} GiB → {sizing.weights_gib:g} GiB per GPU)")
+    why.append(f"gpu_memory_utilization {sizing.gpu_memory_utilization:g}, max_num_seqs {sizing.max_num_seqs}, "
+               f"max_num_batched_tokens {sizing.max_num_batched_tokens}")
+    root = ev.install_root or facts.install_root or "/opt/gpuprov"
+    hf_home = f"{root}/hf"
+    cc = min((g.compute_capability for g in gpus if g.compute_capability), key=vtuple, default=None)
+    args, attention, flag_warnings = _serve_args(model, ev, sizing, max_len, build, cc, hf_home)
+    warnings += flag_warnings
+    if attention is None:
+        why.append("attention backend: vLLM " + build.vllm_version + " picks it by itself")
+    env = {"HF_HOME": hf_home, "VLLM_CACHE_ROOT": f"{root}/vllm-cache", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_DO_NOT_TRACK": "1", "VLLM_DISABLE_LOG_LOGO": "1", **build.env, **ev.extra_env}
+    if ev.gpu_indices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in gpus)
+    bound_public = ev.engine_host not in ("127.0.0.1", "localhost", "::1")
+    if bound_public:
+        why.append(f"engine binds {ev.engine_host}: an API key is required (generated unless api_key is set)")
+    venv = f"{root}/venvs/vllm-{build.vllm_version}-{build.cuda_variant}-py{build.python}"
+    total_gib = round(min(g.memory_total_mib or 0 for g in gpus) / 1024, 2)
+    return Plan(
+        True,
+        vllm_version=build.vllm_version, cuda_variant=build.cuda_variant, cuda_compat=build.cuda_compat,
+        torch_backend=build.torch_backend, torch_version=build.torch_version, extra_index_url=build.extra_index_url,
+        python=build.python, python_managed=build.python_managed, download_kernels=build.download_kernels,
+        tensor_parallel_size=sizing.tensor_parallel_size, max_model_len=max_len,
+        gpu_memory_utilization=sizing.gpu_memory_utilization, max_num_seqs=sizing.max_num_seqs,
+        max_num_batched_tokens=sizing.max_num_batched_tokens, kv_cache_dtype=ev.kv_cache_dtype,
+        attention_backend=attention, serve_args=tuple(args), env=env,
+        api_key_required=bound_public or ev.api_key is not None,
+        service_manager="systemd" if facts.systemd else "supervisor", install_root=root, venv=venv, hf_home=hf_home,
+        model_gib=model.weight_gib, memory={**mem, **sizing.as_dict(), "gpu_total_gib": total_gib},
+        why=tuple(why), warnings=tuple(warnings), **base,
+    )

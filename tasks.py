@@ -85,6 +85,24 @@ def plan(c, host=None, model=None, max_model_len=None, inventory=None, json=Fals
         raise Exit(code=2)
 
 
+@task(
+    help=COMMON_HELP | {"playbook": "playbook file (e.g. playbooks/site.yml)", "check": "change nothing; report what would change",
+                        "diff": "show before/after diffs of files and units", "tags": "only tasks with these tags (comma list)"},
+    iterable=["e"],
+)
+@_errors
+def play(c, playbook, host, check=False, diff=False, tags=None, inventory=None, json=False, e=None):
+    """Run a playbook on hosts in parallel, Ansible-style; prints a recap (exit 1 when any host failed)."""
+    from gpuprov import api, report
+
+    hosts = api.select_hosts(host, inventory, e or [])
+    recaps = api.play(playbook, hosts, check=check, diff=diff, tags=[x for x in (tags or "").split(",") if x],
+                      on_event=None if json else report.task_event)
+    (report.recap_json if json else report.recap_human)(recaps)
+    if any(r.failed or r.unreachable for r in recaps):
+        raise Exit(code=1)
+
+
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None):

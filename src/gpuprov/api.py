@@ -235,3 +235,33 @@ def _b64(s: str) -> bytes:
     import base64
 
     return base64.b64decode(s)
+
+
+# --------------------------------------------------------------------------- playbooks
+
+
+def play(playbook: str | Path, hosts: Sequence[Host], check: bool = False, diff: bool = False,
+         tags: Sequence[str] = (), on_event=None, strict: bool = False):  # noqa: ANN001, ANN201
+    """Run a playbook's plays on ``hosts`` (each play on the selected hosts it matches)."""
+    from .executor import RunOptions, run_play, template_dirs
+    from .playbook import Templar, load_playbook
+
+    path = Path(playbook)
+    plays = load_playbook(path)
+    templar = Templar(template_dirs(path))
+    opts = RunOptions(check=check, diff=diff, tags=tuple(tags), on_event=on_event)
+    recaps: dict[str, Any] = {}
+    for p in plays:
+        rs = run_play(p, hosts, lambda h: open_runner(h, known_hosts(strict)), lambda h, r: None,
+                      lambda h, r, f: {}, templar, opts)
+        for r in rs:
+            if r.host in recaps:
+                prev = recaps[r.host]
+                for k in ("ok", "changed", "failed", "skipped", "time_s", "execs"):
+                    setattr(prev, k, getattr(prev, k) + getattr(r, k))
+                prev.unreachable |= r.unreachable
+                prev.error = prev.error or r.error
+                prev.results += r.results
+            else:
+                recaps[r.host] = r
+    return list(recaps.values())

@@ -164,3 +164,36 @@ def plan_human(outcomes: Sequence[HostOutcome]) -> None:
             out.print(f"  [dim]· {w}[/]")
         for w in p.warnings:
             out.print(f"  [yellow]! {w}[/]")
+
+
+# --------------------------------------------------------------------------- playbook runs
+
+_STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "cyan"}
+
+
+def task_event(host: str, task: str, r) -> None:  # noqa: ANN001
+    style = _STATUS_STYLE.get(r.status, "")
+    if r.status == "ok" and not r.diffs:
+        return
+    out.print(f"[{style}]{r.status:<8}[/] {host} | {task}: {r.msg}", markup=True, highlight=False)
+    for d in r.diffs:
+        if d:
+            out.print(d.rstrip("\n"), markup=False, highlight=False)
+
+
+def recap_human(recaps) -> None:  # noqa: ANN001
+    t = Table(title="RECAP", title_justify="left", box=None, pad_edge=False)
+    for col in ("host", "ok", "changed", "failed", "skipped", "unreachable", "time", "execs"):
+        t.add_column(col)
+    for r in recaps:
+        t.add_row(r.host, str(r.ok), f"[yellow]{r.changed}[/]" if r.changed else "0",
+                  f"[red]{r.failed}[/]" if r.failed else "0", str(r.skipped),
+                  "[red]yes[/]" if r.unreachable else "no", f"{r.time_s:.2f}s", str(r.execs))
+    out.print(t)
+    for r in recaps:
+        if r.error:
+            error(f"{r.host}: {r.error}")
+
+
+def recap_json(recaps) -> None:  # noqa: ANN001
+    json_line({"hosts": {r.host: r.to_json() for r in recaps}})

@@ -1,0 +1,132 @@
+"""The operation contract (Ansible's, pyinfra's shape).
+
+An operation declares its arguments, names the host state it needs as a *query* (answered for all tasks of a
+play in one round trip by ``gather.py``), and from that state decides: ``NoOp(reason)`` or
+``Change(diff, commands)``. Applying runs exactly the change's commands. Commands are argv lists (joined once
+with ``shlex.join`` by the runner); data that must not appear in argv (file content, secrets) goes on stdin.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    stdin: bytes | None = None
+    timeout: float = 600.0
+    #: a short label for logs (never the stdin)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Diff:
+    path: str
+    before: str | None
+    after: str | None
+    secret: bool = False
+
+    def unified(self) -> str:
+        if self.secret:
+            return f"--- {self.path}\n+++ {self.path}\n(content hidden: this file holds secrets)\n"
+        before = (self.before or "").splitlines(keepends=True)
+        after = (self.after or "").splitlines(keepends=True)
+        return "".join(difflib.unified_diff(before, after, f"{self.path} (before)" if self.before is not None
+                                            else "/dev/null", f"{self.path} (after)" if self.after is not None
+                                            else "/dev/null"))
+
+
+@dataclass(frozen=True)
+class NoOp:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Change:
+    summary: str
+    commands: tuple[Command, ...] = ()
+    diffs: tuple[Diff, ...] = ()
+    #: False for operations that only wait or read (wait_for): they report ok, not changed
+    changes: bool = True
+
+
+@dataclass
+class OpContext:
+    """What an operation may read: the host's facts and plan (read-only) and its runner (for apply)."""
+
+    runner: Any
+    facts: Any
+    check_mode: bool = False
+    become: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def argv(self, argv: Sequence[str]) -> tuple[str, ...]:
+        argv = tuple(str(a) for a in argv)
+        if self.become and not getattr(self.facts, "is_root", True):
+            return ("sudo", "-n", "--") + argv
+        return argv
+
+
+class Op:
+    """Base class: subclasses set ``name``, ``args`` (allowed: required flag) and implement query/check."""
+
+    name: ClassVar[str] = ""
+    args: ClassVar[Mapping[str, bool]] = {}
+    registry: ClassVar[dict[str, type["Op"]]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.name:
+            Op.registry[cls.name] = cls
+
+    def __init__(self, args: Mapping[str, Any], task: str):
+        if isinstance(args, str) and self.free_form():
+            args = {self.free_form(): args}
+        if not isinstance(args, Mapping):
+            raise UsageError(f"task {task!r}: {self.name} takes a mapping of arguments")
+        unknown = set(args) - set(self.args)
+        if unknown:
+            raise UsageError(f"task {task!r}: {self.name} has no argument(s) {', '.join(sorted(unknown))} "
+                             f"(allowed: {', '.join(sorted(self.args))})")
+        missing = [a for a, req in self.args.items() if req and a not in args]
+        if missing:
+            raise UsageError(f"task {task!r}: {self.name} needs {', '.join(missing)}")
+        self.a = dict(args)
+        self.task = task
+        self.validate()
+
+    @classmethod
+    def free_form(cls) -> str | None:
+        return None
+
+    def validate(self) -> None:
+        pass
+
+    def queries(self, ctx: OpContext) -> list[dict]:
+        return []
+
+    def check(self, ctx: OpContext, state: list[dict]) -> NoOp | Change:
+        raise NotImplementedError
+
+    def result(self, ctx: OpContext, outputs: list[Any]) -> dict:
+        """What ``register`` stores after apply (commands' outputs)."""
+        if outputs:
+            last = outputs[-1]
+            return {"rc": last.exit_status, "stdout": last.stdout, "stderr": last.stderr}
+        return {}
+
+
+def mode_str(mode: Any, task: str) -> str | None:
+    if mode is None:
+        return None
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        mode = format(mode, "o")  # YAML reads 0644 as the octal number it is
+    mode = str(mode)
+    if not mode.isdigit() or len(mode) > 4 or any(c in "89" for c in mode):
+        raise UsageError(f"task {task!r}: mode must be octal like '0644', got {mode!r}")
+    return mode.rjust(4, "0")

@@ -1,0 +1,104 @@
+"""command (an argv, no shell), shell (through sh, explicit), wait_for (TCP or HTTP, with a timeout)."""
+
+from __future__ import annotations
+
+import shlex
+
+from ..errors import UsageError
+from .base import Change, Command, NoOp, Op
+
+
+class CommandOp(Op):
+    name = "command"
+    args = {"argv": True, "creates": False, "removes": False, "timeout": False, "env": False, "chdir": False}
+
+    @classmethod
+    def free_form(cls):
+        return "argv"
+
+    def validate(self) -> None:
+        argv = self.a["argv"]
+        if isinstance(argv, str):
+            argv = shlex.split(argv)
+        if not isinstance(argv, list) or not argv:
+            raise UsageError(f"task {self.task!r}: argv must be a non-empty list")
+        self.argv = [str(x) for x in argv]
+
+    def full_argv(self) -> list[str]:
+        argv = list(self.argv)
+        if self.a.get("env"):
+            argv = ["env", *[f"{k}={v}" for k, v in self.a["env"].items()], *argv]
+        if self.a.get("chdir"):
+            argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(self.a["chdir"]), *argv]
+        return argv
+
+    def queries(self, ctx):
+        return [{"kind": "stat", "path": str(self.a[k])} for k in ("creates", "removes") if self.a.get(k)]
+
+    def check(self, ctx, state):
+        i = 0
+        if self.a.get("creates"):
+            if state[i].get("exists"):
+                return NoOp(f"{self.a['creates']} exists")
+            i += 1
+        if self.a.get("removes") and not state[i].get("exists"):
+            return NoOp(f"{self.a['removes']} does not exist")
+        argv = ctx.argv(self.full_argv())
+        return Change(f"run {shlex.join(self.argv)[:80]}", (Command(argv, timeout=float(self.a.get("timeout", 600))),))
+
+
+class Shell(CommandOp):
+    name = "shell"
+    args = {"cmd": True, "creates": False, "removes": False, "timeout": False, "env": False, "chdir": False}
+
+    @classmethod
+    def free_form(cls):
+        return "cmd"
+
+    def validate(self) -> None:
+        if not isinstance(self.a["cmd"], str):
+            raise UsageError(f"task {self.task!r}: shell cmd must be a string")
+        self.argv = ["sh", "-c", self.a["cmd"]]
+
+
+WAIT_SCRIPT = r"""
+import socket, sys, time, urllib.request, urllib.error
+kind, target, port, timeout, status = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+deadline = time.monotonic() + timeout
+last = ""
+while time.monotonic() < deadline:
+    try:
+        if kind == "tcp":
+            socket.create_connection((target, port), timeout=2).close()
+            sys.exit(0)
+        with urllib.request.urlopen(target, timeout=5) as r:
+            if r.status == status:
+                sys.exit(0)
+            last = "HTTP %s" % r.status
+    except urllib.error.HTTPError as e:
+        last = "HTTP %s" % e.code
+    except OSError as e:
+        last = str(e)
+    time.sleep(0.5)
+sys.stderr.write("not ready after %ss: %s\n" % (timeout, last))
+sys.exit(1)
+"""
+
+
+class WaitFor(Op):
+    name = "wait_for"
+    args = {"host": False, "port": False, "url": False, "timeout": False, "status": False}
+
+    def validate(self) -> None:
+        if not (self.a.get("url") or self.a.get("port")):
+            raise UsageError(f"task {self.task!r}: wait_for needs url or port")
+
+    def check(self, ctx, state):
+        timeout = float(self.a.get("timeout", 60))
+        if self.a.get("url"):
+            args = ["http", str(self.a["url"]), "0"]
+        else:
+            args = ["tcp", str(self.a.get("host", "127.0.0.1")), str(int(self.a["port"]))]
+        argv = ["python3", "-c", WAIT_SCRIPT, *args, str(timeout), str(int(self.a.get("status", 200)))]
+        return Change(f"wait for {self.a.get('url') or self.a.get('port')}",
+                      (Command(tuple(argv), timeout=timeout + 15),), changes=False)

@@ -1,0 +1,139 @@
+# gpuprov state gatherer: runs on the host as `python3 -` (script on stdin, stdlib only). Reads a JSON list
+# of queries from the line after the marker, prints one JSON list of answers. One exec answers every
+# operation of a play, which is what makes a no-op run one round trip.
+import glob
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+
+def q_stat(q):
+    p = q["path"]
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return {"exists": False}
+    kind = "link" if stat.S_ISLNK(st.st_mode) else "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    out = {"exists": True, "type": kind, "mode": format(stat.S_IMODE(st.st_mode), "04o"), "uid": st.st_uid,
+           "gid": st.st_gid, "size": st.st_size, "mtime": st.st_mtime}
+    if kind == "link":
+        out["target"] = os.readlink(p)
+    if kind == "file" and q.get("hash"):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out["sha256"] = h.hexdigest()
+        if q.get("content") and st.st_size <= 262144:
+            with open(p, "rb") as f:
+                out["content"] = f.read().decode("utf-8", "replace")
+    return out
+
+
+def norm(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def q_pip(q):
+    venv = q["venv"]
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        return {"exists": False, "packages": {}}
+    pkgs = {}
+    for d in glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "*.dist-info")):
+        base = os.path.basename(d)[: -len(".dist-info")]
+        name, _, version = base.partition("-")
+        try:
+            with open(os.path.join(d, "METADATA"), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Name:"):
+                        name = line.split(":", 1)[1].strip()
+                    elif line.startswith("Version:"):
+                        version = line.split(":", 1)[1].strip()
+                    elif not line.strip():
+                        break
+        except OSError:
+            pass
+        pkgs[norm(name)] = version
+    return {"exists": True, "packages": pkgs, "python": os.path.realpath(py)}
+
+
+def run(argv, timeout=20):
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return 127, "", str(e)
+
+
+def pid_alive(pidfile):
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().split(") ", 1)[1].startswith("Z"):
+                return None
+    except OSError:
+        return None
+    return pid
+
+
+def q_service(q):
+    if q["manager"] == "systemd":
+        rc, out, err = run(["systemctl", "show", q["name"], "-p",
+                            "ActiveState,SubState,UnitFileState,NeedDaemonReload,MainPID,NRestarts,LoadState,"
+                            "ActiveEnterTimestampMonotonic,ExecMainStatus"])
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return {"manager": "systemd", "rc": rc, "props": props, "err": err[-500:]}
+    pid = pid_alive(q["pidfile"])
+    out = {"manager": "supervisor", "running": pid is not None, "pid": pid}
+    try:
+        with open(q["pidfile"] + ".state") as f:
+            out["state"] = json.load(f)
+    except (OSError, ValueError):
+        out["state"] = {}
+    return out
+
+
+def q_dpkg(q):
+    rc, out, _ = run(["dpkg-query", "-W", "-f", "${Package} ${Status}\\n"] + q["packages"])
+    installed = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1] == "installed":
+            installed.add(parts[0])
+    return {"installed": sorted(installed)}
+
+
+def q_which(q):
+    import shutil
+
+    return {"path": shutil.which(q["name"])}
+
+
+HANDLERS = {"stat": q_stat, "pip": q_pip, "service": q_service, "dpkg": q_dpkg, "which": q_which}
+
+
+def main():
+    queries = json.loads(sys.argv[1]) if len(sys.argv) > 1 else []
+    answers = []
+    for q in queries:
+        try:
+            answers.append(HANDLERS[q["kind"]](q))
+        except Exception as e:  # noqa: BLE001 - an answer per query, always
+            answers.append({"error": "%s: %s" % (type(e).__name__, e)})
+    sys.stdout.write(json.dumps(answers))
+
+
+main()

@@ -103,6 +103,28 @@ def play(c, playbook, host, check=False, diff=False, tags=None, inventory=None, 
         raise Exit(code=1)
 
 
+@task(
+    help=COMMON_HELP | {"model": "model to serve (default: the model var)", "check": "change nothing; show what would change",
+                        "diff": "show before/after diffs (secrets hidden)", "no_verify": "skip the readiness check"},
+    iterable=["e"],
+)
+@_errors
+def provision(c, host, model=None, check=False, diff=False, no_verify=False, inventory=None, json=False, e=None):
+    """Bare GPU host → healthy, verified vLLM endpoint (systemd or supervisor); a second run changes nothing."""
+    from gpuprov import api, report
+    from gpuprov.provision import provision as run
+
+    extra = list(e or []) + ([f"model={model}"] if model else [])
+    hosts = api.select_hosts(host, inventory, extra)
+    results = run(hosts, check=check, diff=diff, verify=not no_verify,
+                  on_event=None if json else report.task_event, on_progress=None if json else report.progress_line)
+    (report.provision_json if json else report.provision_human)(results)
+    if any(r.refused for r in results) and all(r.refused or r.ok for r in results):
+        raise Exit(code=2)
+    if not all(r.ok or (check and r.recap and not r.recap.failed) for r in results):
+        raise Exit(code=1)
+
+
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None):

@@ -129,7 +129,15 @@ class HostRun:
 
     def _event(self, t: Task, r: TaskResult) -> None:
         if self.opts.on_event:
-            self.opts.on_event(self.host.name, t.name, r)
+            self.opts.on_event(self.host.name, self._title(t), r)
+
+    def _title(self, t: Task) -> str:
+        if "{{" not in t.name:
+            return t.name
+        try:
+            return str(self.templar.render(t.name, self.ctx, t.name))
+        except UsageError:
+            return t.name
 
     # ----------------------------------------------------------- run
     def prepare(self) -> dict[int, tuple[Op, list[dict]]]:
@@ -267,6 +275,7 @@ class HostRun:
 
     def _finish(self, t: Task, r: TaskResult, result: dict) -> None:
         r.msg = self._redact(r.msg)
+        r.task = self._title(t)
         self.recap.count(r)
         if t.register:
             self.ctx[t.register] = result

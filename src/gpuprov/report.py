@@ -197,3 +197,51 @@ def recap_human(recaps) -> None:  # noqa: ANN001
 
 def recap_json(recaps) -> None:  # noqa: ANN001
     json_line({"hosts": {r.host: r.to_json() for r in recaps}})
+
+
+# --------------------------------------------------------------------------- provision
+
+
+def progress_line(host: str, text: str) -> None:
+    out.print(f"{host}: {text}", markup=False, highlight=False)
+
+
+def provision_human(results) -> None:  # noqa: ANN001
+    recaps = [r.recap for r in results if r.recap]
+    for r in results:
+        if r.refused:
+            out.print(f"[bold]{r.host}[/]: [bold red]REFUSED[/] before installing anything: {r.refused}")
+            if r.plan is not None:
+                for w in r.plan.ways_out:
+                    out.print(f"  would work: {w}", markup=False)
+    if recaps:
+        recap_human(recaps)
+    for r in results:
+        rd = r.readiness
+        if rd is None:
+            continue
+        if rd.ready:
+            c = rd.completion or {}
+            out.print(f"[green]{r.host}: verified[/] — a 1-token chat completion answered in {c.get('ms')} ms "
+                      f"(model {c.get('model')}); endpoint http://{r.plan.engine_host}:{r.plan.engine_port}/v1 "
+                      f"on the host — `invoke tunnel --host {r.host}` to reach it")
+        else:
+            error(f"{r.host}: {rd.error}")
+            if rd.diagnosis:
+                out.print(f"  diagnosis: {rd.diagnosis}", markup=False)
+            for line in rd.last_lines[-12:]:
+                out.print(f"  | {line}", markup=False, highlight=False)
+
+
+def provision_json(results) -> None:  # noqa: ANN001
+    hosts = {}
+    for r in results:
+        d = r.recap.to_json() if r.recap else {"ok": 0, "changed": 0, "failed": 1, "skipped": 0, "unreachable": False}
+        if r.refused:
+            d.update(failed=1, refused=r.refused)
+        if r.readiness is not None:
+            d["ready"] = r.readiness.ready
+            if r.readiness.diagnosis:
+                d["diagnosis"] = r.readiness.diagnosis
+        hosts[r.host] = d
+    json_line({"hosts": hosts})

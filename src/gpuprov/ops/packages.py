@@ -63,7 +63,7 @@ class Venv(Op):
         path = str(self.a["path"])
         if self.a.get("uv"):
             env = ["env", *[f"{k}={v}" for k, v in (self.a.get("env") or {}).items()]]
-            argv = env + [str(self.a["uv"]), "venv", "--quiet", "--seed", "--python", str(self.a.get("python") or "3"), path]
+            argv = env + [str(self.a["uv"]), "venv", "--quiet", "--python", str(self.a.get("python") or "3"), path]
         else:
             argv = [str(self.a.get("python") or "python3"), "-m", "venv", path]
         return Change(f"create venv {path}", (Command(ctx.argv(["mkdir", "-p", "--", path.rsplit("/", 1)[0] or "/"])),
@@ -101,6 +101,11 @@ class Pip(Op):
             argv = env + [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         if self.a.get("index_url"):
             argv += ["--index-url", str(self.a["index_url"])]
+            url = str(self.a["index_url"])
+            if url.startswith("http://") and not self.a.get("uv"):
+                from urllib.parse import urlparse
+
+                argv += ["--trusted-host", urlparse(url).hostname or ""]
         for u in self.a.get("extra_index_urls") or []:
             argv += ["--extra-index-url", str(u)]
         if self.a.get("torch_backend") and self.a.get("uv"):

@@ -137,7 +137,45 @@ class Lab:
 
     def _drop_bridge_if_unused(self) -> None:
         if not self.hosts():
+            self.stop_services()
             _run(["ip", "link", "del", self.bridge], check=False)
+
+    # ----------------------------------------------------------- services (package index + model hub)
+    SERVICES_PORT = 8765
+
+    @property
+    def services_url(self) -> str:
+        return f"http://{self.bridge_ip}:{self.SERVICES_PORT}"
+
+    def ensure_services(self) -> None:
+        pidfile = self.dir / "services.pid"
+        if pidfile.is_file() and Path(f"/proc/{pidfile.read_text().strip()}").exists():
+            return
+        from .content import prepare
+
+        root = self.dir / "services"
+        prepare(root)
+        log = open(self.dir / "services.log", "ab")
+        import sys
+
+        p = subprocess.Popen([sys.executable, "-m", "gpuprov.sim.services", "--dir", str(root), "--bind", self.bridge_ip,
+                              "--port", str(self.SERVICES_PORT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=log, start_new_session=True)
+        log.close()
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if b"ready" not in line:
+            raise LabError(f"the lab's package index did not start; see {self.dir / 'services.log'}")
+        pidfile.write_text(str(p.pid))
+
+    def stop_services(self) -> None:
+        pidfile = self.dir / "services.pid"
+        if pidfile.is_file():
+            try:
+                _kill_pid(int(pidfile.read_text().strip()), signal.SIGTERM, wait=3)
+            except ValueError:
+                pass
+            pidfile.unlink()
 
     def _make_netns(self, h: SimHost, peer: str) -> None:
         _run(["ip", "netns", "add", h.netns])
@@ -169,8 +207,9 @@ class Lab:
             h = SimHost(name, index, address, systemd, persona, 0, f"{self.prefix}-{name}", f"{self.prefix}v{index}",
                         str(hdir), gpu_mode, workspace)
             self._ensure_client_key()
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sim-{name}", "-f", str(hdir / "host_ed25519")])
             self._ensure_bridge()
+            self.ensure_services()
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sim-{name}", "-f", str(hdir / "host_ed25519")])
             try:
                 if systemd:
                     self._up_systemd(h)
@@ -344,6 +383,11 @@ class Lab:
             "  vars:",
             "    user: root",
             f"    identity_file: {self.client_key}",
+            "    # the lab's own package index and model hub (stand-ins), on the lab bridge",
+            f"    package_index: {self.services_url}/simple",
+            f"    hf_endpoint: {self.services_url}",
+            "    torch_backend: null",
+            "    engine_env: {GPUPROV_STANDIN_DELAY: '2'}",
             "  hosts:",
         ]
         hosts = self.hosts()

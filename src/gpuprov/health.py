@@ -1,0 +1,245 @@
+"""Readiness: follow the engine's log by phase (download, load, compile, KV cache, graphs, ready), then prove it
+with a real 1-token chat completion; on failure, the last log lines and a diagnosis of the known errors.
+
+Each poll is one remote exec of a small stdlib script that returns new log lines (journal or supervisor
+log), the service state and the HTTP status of /health. The completion is made on the host itself (the
+engine binds 127.0.0.1) with the API key read there from the 0600 env file, never from argv.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+POLL_SCRIPT = r"""
+import json, os, subprocess, sys, urllib.request, urllib.error
+a = json.loads(sys.argv[1])
+out = {"lines": [], "pos": a["pos"], "health": None, "service": None}
+if a["manager"] == "systemd":
+    cmd = ["journalctl", "-u", a["unit"], "-o", "cat", "--no-pager", "--show-cursor", "-n", "400"]
+    cmd += ["--after-cursor", a["pos"]] if a["pos"] else ["--since", "@%d" % int(a["since"])]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = p.stdout.decode("utf-8", "replace").splitlines()
+    if lines and lines[-1].startswith("-- cursor: "):
+        out["pos"] = lines.pop()[len("-- cursor: "):]
+    out["lines"] = lines
+    s = subprocess.run(["systemctl", "show", a["unit"], "-p", "ActiveState,NRestarts,ExecMainStatus"],
+                       stdout=subprocess.PIPE).stdout.decode()
+    props = dict(l.split("=", 1) for l in s.splitlines() if "=" in l)
+    out["service"] = {"active": props.get("ActiveState"), "restarts": int(props.get("NRestarts") or 0),
+                      "last_exit": int(props.get("ExecMainStatus") or 0)}
+else:
+    pos = int(a["pos"] or 0)
+    try:
+        with open(a["log"], "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < pos:
+                pos = 0
+            f.seek(pos)
+            data = f.read(1 << 20)
+            pos += len(data)
+        out["lines"] = data.decode("utf-8", "replace").splitlines()
+        out["pos"] = pos
+    except OSError:
+        pass
+    st = {}
+    try:
+        with open(a["pidfile"] + ".state") as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        pass
+    alive = False
+    try:
+        with open(a["pidfile"]) as f:
+            os.kill(int(f.read().strip()), 0)
+            alive = True
+    except (OSError, ValueError):
+        pass
+    out["service"] = {"active": "active" if alive else "inactive", "restarts": st.get("restarts", 0),
+                      "last_exit": st.get("last_exit")}
+try:
+    with urllib.request.urlopen("http://127.0.0.1:%d/health" % a["port"], timeout=3) as r:
+        out["health"] = r.status
+except urllib.error.HTTPError as e:
+    out["health"] = e.code
+except OSError:
+    out["health"] = None
+print(json.dumps(out))
+"""
+
+COMPLETION_SCRIPT = r"""
+import json, sys, time, urllib.request
+a = json.loads(sys.argv[1])
+key = None
+try:
+    with open(a["env_file"]) as f:
+        for line in f:
+            if line.startswith("VLLM_API_KEY="):
+                key = line.split("=", 1)[1].strip()
+except OSError:
+    pass
+body = json.dumps({"model": a["model"], "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}).encode()
+req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % a["port"], data=body,
+                             headers={"Content-Type": "application/json"})
+if key:
+    req.add_header("Authorization", "Bearer " + key)
+t = time.monotonic()
+try:
+    with urllib.request.urlopen(req, timeout=a["timeout"]) as r:
+        d = json.loads(r.read())
+    print(json.dumps({"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
+                      "content": d["choices"][0]["message"].get("content"), "finish_reason": d["choices"][0].get("finish_reason")}))
+except Exception as e:
+    print(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}))
+"""
+
+PHASES = [
+    ("download", re.compile(r"Time spent downloading weights")),
+    ("load", re.compile(r"Loading safetensors checkpoint shards(?: \(eager\))?:\s+(\d+)% Completed \| (\d+)/(\d+)")),
+    ("loaded", re.compile(r"Loading weights took|Model loading took")),
+    ("compile", re.compile(r"torch\.compile take?s? [\d.]+ ?s in total")),
+    ("kv", re.compile(r"KV cache size: ([\d,]+) tokens")),
+    ("graphs", re.compile(r"Capturing CUDA graphs|Graph capturing finished")),
+    ("ready", re.compile(r"Application startup complete")),
+]
+CHECKPOINT = re.compile(r"Checkpoint size: ([\d.]+) GiB")
+
+DIAGNOSES = [
+    (re.compile(r"estimated maximum model length is (\d+)"),
+     lambda m: f"the KV cache is too small for max_model_len: the engine estimates {m.group(1)} tokens fit; "
+               f"provision again with -e max_model_len={m.group(1)} (or kv_cache_dtype=fp8, or more GPUs)"),
+    (re.compile(r"maximum number of tokens that can be stored in KV cache \((\d+)\)"),
+     lambda m: f"the KV cache holds {m.group(1)} tokens: set max_model_len <= {m.group(1)}"),
+    (re.compile(r"NVIDIA driver on your system is too old|CUDA driver version is insufficient|forward compatibility was attempted"),
+     lambda m: "the driver is too old for this CUDA build: re-plan (gpuprov picks the +cu129 build for 525–579 "
+               "drivers) or upgrade the driver to R580+"),
+    (re.compile(r"CUDA out of memory|OutOfMemoryError"),
+     lambda m: "out of GPU memory: lower gpu_memory_utilization, max_num_seqs or max_model_len, or use more GPUs "
+               "(tensor_parallel_size)"),
+    (re.compile(r"unrecognized arguments: (.+)"),
+     lambda m: f"this vLLM version does not know {m.group(1).strip()}: remove it from extra_serve_args"),
+    (re.compile(r"error while attempting to bind on address|Address already in use"),
+     lambda m: "the engine's port is taken by another process: free it or set engine_port"),
+    (re.compile(r"(?:401|403).*(?:gated|restricted)|Cannot access gated repo"),
+     lambda m: "the model is gated: accept its licence on the hub and export HF_TOKEN before provisioning"),
+]
+
+
+def diagnose(lines: list[str]) -> str | None:
+    text = "\n".join(lines)
+    for rx, explain in DIAGNOSES:
+        m = rx.search(text)
+        if m:
+            return explain(m)
+    return None
+
+
+@dataclass
+class Progress:
+    phase: str = "starting"
+    percent: int | None = None
+    checkpoint_gib: float | None = None
+    kv_tokens: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    lines: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> None:
+        self.lines.append(line)
+        del self.lines[:-200]
+        if "[gpuprov-supervise] starting" in line or "vLLM server version" in line or "vLLM API server version" in line:
+            self.phase, self.percent, self.kv_tokens = "starting", None, None  # a new engine process
+        m = CHECKPOINT.search(line)
+        if m:
+            self.checkpoint_gib = float(m.group(1))
+        for name, rx in PHASES:
+            m = rx.search(line)
+            if m:
+                self.phase = name
+                if name == "load":
+                    self.percent = int(m.group(1))
+                if name == "kv":
+                    self.kv_tokens = int(m.group(1).replace(",", ""))
+
+    def render(self) -> str:
+        secs = time.monotonic() - self.started
+        if self.phase == "ready":
+            return f"[OK] MODEL READY (loaded in {secs:.0f}s)"
+        labels = {"starting": "starting engine", "download": "downloading weights", "load": "loading weights",
+                  "loaded": "weights loaded", "compile": "compiling", "kv": "allocating KV cache",
+                  "graphs": "capturing CUDA graphs"}
+        bar = ""
+        if self.phase == "load" and self.percent is not None:
+            filled = self.percent * 8 // 100
+            size = ""
+            if self.checkpoint_gib:
+                unit, scale = ("GB", 1) if self.checkpoint_gib >= 1 else ("MB", 1024)
+                size = (f" {self.checkpoint_gib * scale * self.percent / 100:.1f}{unit} / "
+                        f"{self.checkpoint_gib * scale:.1f}{unit}")
+            bar = f" {'#' * filled}{'-' * (8 - filled)}{size} -"
+        extra = f" ({self.kv_tokens:,} tokens)" if self.phase == "kv" and self.kv_tokens else ""
+        return f"[LOADING]{bar} {labels.get(self.phase, self.phase)}{extra}... ({secs:.0f}s)"
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    seconds: float
+    completion: dict | None = None
+    error: str | None = None
+    diagnosis: str | None = None
+    last_lines: list[str] = field(default_factory=list)
+
+
+def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, port: int, env_file: str,
+               model: str, timeout: float = 1800, on_progress: Callable[[str], None] | None = None,
+               poll_s: float = 0.5) -> Readiness:
+    args = {"manager": manager, "unit": unit, "log": log, "pidfile": pidfile, "port": port, "pos": None,
+            "since": time.time() - 5}
+    prog = Progress()
+    deadline = time.monotonic() + timeout
+    seen_restarts = None
+    last = ""
+    while time.monotonic() < deadline:
+        res = runner.run(["python3", "-c", POLL_SCRIPT, json.dumps(args)], timeout=30)
+        if res.exit_status != 0:
+            return Readiness(False, time.monotonic() - prog.started, error=f"poll failed: {res.stderr.strip()[-300:]}")
+        d = json.loads(res.stdout)
+        args["pos"] = d["pos"]
+        for line in d["lines"]:
+            prog.feed(line)
+        svc = d.get("service") or {}
+        if seen_restarts is None:
+            seen_restarts = svc.get("restarts", 0)
+        if d.get("health") == 200:
+            prog.phase = "ready"
+            comp = completion(runner, port, env_file, model)
+            if on_progress:
+                on_progress(prog.render())
+            if comp.get("ok"):
+                return Readiness(True, time.monotonic() - prog.started, comp)
+            return Readiness(False, time.monotonic() - prog.started, comp, error=f"/health is 200 but a completion "
+                             f"failed: {comp.get('error')}", last_lines=prog.lines[-20:])
+        crashed = svc.get("active") in ("failed", "inactive") or (svc.get("restarts", 0) > (seen_restarts or 0))
+        if crashed and (diagnose(prog.lines) or svc.get("active") == "failed" or svc.get("restarts", 0) > (seen_restarts or 0)):
+            return Readiness(False, time.monotonic() - prog.started, error="the engine exited during start-up",
+                             diagnosis=diagnose(prog.lines), last_lines=prog.lines[-20:])
+        text = prog.render()
+        if on_progress and text != last:
+            on_progress(text)
+            last = text
+        time.sleep(poll_s)
+    return Readiness(False, timeout, error=f"not ready after {timeout:g} s", diagnosis=diagnose(prog.lines),
+                     last_lines=prog.lines[-20:])
+
+
+def completion(runner: Any, port: int, env_file: str, model: str, timeout: float = 120) -> dict:
+    res = runner.run(["python3", "-c", COMPLETION_SCRIPT,
+                      json.dumps({"port": port, "env_file": env_file, "model": model, "timeout": timeout})],
+                     timeout=timeout + 10)
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        return {"ok": False, "error": res.stderr.strip()[-300:]}

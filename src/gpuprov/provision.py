@@ -1,0 +1,187 @@
+"""``invoke provision``: probe → plan (refuse before touching anything) → playbooks/vllm.yml → readiness.
+
+This module builds the ``gp`` vars the playbook uses (paths, pins, indexes, the env file's contents and the
+secrets) from the plan, the facts and the host's vars, and runs the play with the executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import settings
+from .executor import HostRecap, HostRun, RunOptions, template_dirs
+from .facts import Facts
+from .inventory import Host
+from .plan import Plan
+from .playbook import Templar, load_playbook
+from .secrets import Secret, new_api_key, write_private
+
+SERVICE = "gpuprov-vllm"
+BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
+VENV_OVERHEAD_GIB = 12.0  # a CUDA torch + vLLM venv is about 10 GB
+
+
+@dataclass
+class ProvisionResult:
+    host: str
+    plan: Plan | None = None
+    recap: HostRecap | None = None
+    readiness: Any = None
+    refused: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        if self.refused or self.recap is None:
+            return False
+        if self.recap.failed or self.recap.unreachable:
+            return False
+        return self.readiness is None or self.readiness.ready
+
+
+def api_key_for(host: Host, plan: Plan) -> Secret | None:
+    """The API key: given in vars, or generated once and kept 0600 in .gpuprov/secrets/HOST.api_key."""
+    given = host.var("api_key")
+    if isinstance(given, Secret) and given.reveal():
+        return given
+    if given:
+        return Secret(str(given), "api_key")
+    if not plan.api_key_required:
+        return None
+    path = key_file(host)
+    if path.is_file():
+        return Secret(path.read_text().strip(), "api_key")
+    key = new_api_key()
+    write_private(path, key.reveal() + "\n")
+    return key
+
+
+def key_file(host: Host) -> Path:
+    return settings.home() / "secrets" / f"{host.name}.api_key"
+
+
+def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
+    root = plan.install_root
+    index = host.var("package_index")
+    torch_backend = host.var("torch_backend", plan.torch_backend)
+    if index:  # the host's own index replaces the planned ones (mirrors, the lab)
+        extra: list[str] = []
+    else:
+        extra = [plan.extra_index_url] if plan.extra_index_url else []
+    env = dict(plan.env)
+    if host.var("hf_endpoint"):
+        env["HF_ENDPOINT"] = str(host.var("hf_endpoint"))
+    env.update({k: str(v) for k, v in (host.var("engine_env") or {}).items()})
+    hf_token = os.environ.get("HF_TOKEN") or None
+    api_key = api_key_for(host, plan)
+    launcher = f"{root}/bin/vllm-serve"
+    unit = f"/etc/systemd/system/{SERVICE}.service"
+    uv_env = {"UV_CACHE_DIR": f"{root}/uv-cache", "UV_LINK_MODE": "copy"}
+    if not plan.python_managed:
+        uv_env["UV_PYTHON_DOWNLOADS"] = "never"
+    state = {"model": plan.model, "vllm_version": plan.vllm_version, "cuda_variant": plan.cuda_variant,
+             "venv": plan.venv, "serve_args": list(plan.serve_args), "service_manager": plan.service_manager,
+             "service": SERVICE, "engine_port": plan.engine_port, "engine_host": plan.engine_host,
+             "env_file": f"{root}/vllm.env", "log": f"{root}/logs/vllm.log", "pidfile": f"{root}/run/vllm.pid"}
+    unit_text_hash = hashlib.sha256(json.dumps([plan.serve_args, plan.vllm_version, root]).encode()).hexdigest()[:12]
+    return {
+        "root": root, "bootstrap": f"{root}/bootstrap", "uv": f"{root}/bootstrap/bin/uv", "venv": plan.venv,
+        "bootstrap_pins": BOOTSTRAP_PINS,
+        "engine_pins": [f"vllm=={plan.vllm_version}"],
+        "index_url": index or None, "extra_index_urls": extra,
+        "torch_backend": None if index else torch_backend,
+        "uv_env": uv_env, "env": env, "env_file": f"{root}/vllm.env",
+        "hf_token": Secret(hf_token, "HF_TOKEN") if hf_token else None, "api_key": api_key,
+        "service": SERVICE, "launcher": launcher, "unit": unit, "unit_hash": unit_text_hash,
+        "log": f"{root}/logs/vllm.log", "pidfile": f"{root}/run/vllm.pid",
+        "supervisor": f"{root}/bin/gpuprov-supervise",
+        "supervisor_local": str(resources.files("gpuprov.ops").joinpath("supervise.py")),
+        "fetch_script": f"{root}/bin/gpuprov-fetch",
+        "fetch_script_local": str(resources.files("gpuprov.ops").joinpath("fetch_weights.py")),
+        "weights_marker": f"{plan.hf_home}/.gpuprov/{plan.model.replace('/', '--')}.done",
+        "weights_timeout": int(host.var("weights_timeout", 7200)),
+        "min_free_gib": round((plan.model_gib or 0) * 1.05, 1),
+        "state_json": json.dumps(state, indent=1, sort_keys=True) + "\n",
+    }
+
+
+def disk_refusal(facts: Facts, plan: Plan) -> str | None:
+    need = (plan.model_gib or 0) + VENV_OVERHEAD_GIB
+    free = (facts.disk_free_bytes or 0) / 2**30
+    if facts.disk_free_bytes is not None and free < need:
+        return (f"only {free:.1f} GiB free under {facts.install_root}; the weights ({plan.model_gib:g} GiB) and the "
+                f"engine venv (~{VENV_OVERHEAD_GIB:g} GiB) need {need:.1f} GiB — grow the volume or free space")
+    return None
+
+
+def playbook_path() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        p = base / "playbooks" / "vllm.yml"
+        if p.is_file():
+            return p
+    raise FileNotFoundError("playbooks/vllm.yml not found")
+
+
+def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool = False, verify: bool = True,
+                   on_event: Callable | None = None, on_progress: Callable[[str, str], None] | None = None,
+                   ready_timeout: float = 1800) -> ProvisionResult:
+    from . import api
+    from .health import wait_ready
+    from .probe import run_probe
+
+    facts = run_probe(runner, check_sftp=False)
+    plan = api.plan_for(host, facts)
+    if not plan.ok:
+        return ProvisionResult(host.name, plan, refused=plan.reason)
+    refusal = disk_refusal(facts, plan)
+    if refusal:
+        return ProvisionResult(host.name, plan, refused=refusal)
+    gp = gp_vars(host, facts, plan)
+    path = playbook_path()
+    plays = load_playbook(path)
+    templar = Templar(template_dirs(path))
+    opts = RunOptions(check=check, diff=diff, on_event=on_event)
+    extra = {"plan": plan.to_json(), "facts": facts.to_json(), "gp": gp}
+    recap = None
+    for p in plays:
+        r = HostRun(p, host, runner, facts, extra, templar, opts).run()
+        recap = r if recap is None else recap
+    assert recap is not None
+    result = ProvisionResult(host.name, plan, recap)
+    if check or not verify or recap.failed or recap.unreachable:
+        return result
+    result.readiness = wait_ready(
+        runner, manager=plan.service_manager, unit=SERVICE, log=gp["log"], pidfile=gp["pidfile"],
+        port=plan.engine_port, env_file=gp["env_file"], model=plan.model, timeout=ready_timeout,
+        on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)
+    recap.execs = getattr(runner, "exec_count", 0)
+    return result
+
+
+def provision(hosts: Sequence[Host], **kw: Any) -> list[ProvisionResult]:
+    from . import api
+    from .errors import ConnectError, GpuprovError
+
+    def one(h: Host) -> ProvisionResult:
+        try:
+            runner = api.open_runner(h, api.known_hosts())
+        except ConnectError as e:
+            return ProvisionResult(h.name, recap=HostRecap(h.name, unreachable=True, error=str(e)))
+        try:
+            return provision_host(h, runner, **kw)
+        except GpuprovError as e:
+            return ProvisionResult(h.name, recap=HostRecap(h.name, failed=1, error=str(e)))
+        finally:
+            runner.close()
+
+    for h in hosts:
+        from .plan import engine_vars
+
+        engine_vars(h)  # absurd values fail before any connection
+    outcomes = api.for_each_host(hosts, one)
+    return [o.value for o in outcomes]

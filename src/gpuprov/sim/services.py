@@ -1,0 +1,135 @@
+"""The lab's network services, on the lab bridge only: a PEP 503 package index and a model hub STAND-IN.
+
+- ``/simple/<project>/`` lists the wheels in ``<dir>/wheels`` (the stand-in ``vllm`` builds, uv, huggingface_hub
+  and its dependencies), so sim hosts run the real ``uv pip install`` path against it.
+- The hub answers the part of the Hugging Face Hub API that ``huggingface_hub`` uses to download a repo
+  (``HF_ENDPOINT`` points there): ``/api/models/<repo>/revision/<rev>`` and ``/<repo>/resolve/<rev>/<file>``
+  (HEAD and GET, with ``X-Repo-Commit``, ``ETag`` and ``Content-Length``). Repos live in ``<dir>/hub/<org>/<name>``.
+
+Run: ``python -m gpuprov.sim.services --dir D --bind 10.231.0.1 --port 8765``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import os
+import re
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+COMMIT = "0" * 32 + "5ca1ab1e"
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_project(filename: str) -> str:
+    return norm(filename.split("-")[0])
+
+
+def make_handler(root: Path):
+    wheels, hub = root / "wheels", root / "hub"
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # quiet; the lab keeps no access log
+            pass
+
+        def send(self, code: int, body: bytes, ctype: str = "text/html", headers: dict | None = None, head=False):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self.do_GET(head=True)
+
+        def do_GET(self, head=False):
+            path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
+            if path in ("/simple", "/simple/"):
+                names = sorted({wheel_project(f.name) for f in wheels.glob("*.whl")})
+                body = "".join(f'<a href="/simple/{n}/">{n}</a><br>\n' for n in names)
+                return self.send(200, f"<!DOCTYPE html><html><body>{body}</body></html>".encode(), head=head)
+            m = re.fullmatch(r"/simple/([^/]+)/?", path)
+            if m:
+                files = sorted(f for f in wheels.glob("*.whl") if wheel_project(f.name) == norm(m.group(1)))
+                if not files:
+                    return self.send(404, b"not found", head=head)
+                links = "".join(f'<a href="/files/{html.escape(f.name)}#sha256={_sha(f)}">{html.escape(f.name)}</a><br>\n'
+                                for f in files)
+                return self.send(200, f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), head=head)
+            m = re.fullmatch(r"/files/([^/]+\.whl)", path)
+            if m and (wheels / m.group(1)).is_file():
+                return self.send(200, (wheels / m.group(1)).read_bytes(), "application/octet-stream", head=head)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+            if m:
+                repo = hub / m.group(1)
+                if not repo.is_dir():
+                    return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
+                                     {"X-Error-Code": "RepoNotFound"}, head)
+                entries = []
+                for f in sorted(repo.rglob("*")):
+                    rel = str(f.relative_to(repo))
+                    if f.is_dir():
+                        entries.append({"type": "directory", "path": rel, "oid": "0" * 40})
+                    else:
+                        entries.append({"type": "file", "path": rel, "size": f.stat().st_size, "oid": _sha(f)[:40]})
+                return self.send(200, json.dumps(entries).encode(), "application/json", head=head)
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+            if m:
+                repo = hub / m.group(1)
+                if not repo.is_dir():
+                    return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
+                                     {"X-Error-Code": "RepoNotFound"}, head)
+                sib = [{"rfilename": str(f.relative_to(repo)), "size": f.stat().st_size}
+                       for f in sorted(repo.rglob("*")) if f.is_file()]
+                info = {"id": m.group(1), "modelId": m.group(1), "sha": COMMIT, "private": False, "siblings": sib,
+                        "usedStorage": sum(s["size"] for s in sib)}
+                return self.send(200, json.dumps(info).encode(), "application/json", head=head)
+            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            if m:
+                f = hub / m.group(1) / m.group(3)
+                if not f.is_file():
+                    return self.send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"}, head)
+                data = f.read_bytes()
+                return self.send(200, data, "application/octet-stream",
+                                 {"X-Repo-Commit": COMMIT, "ETag": f'"{_sha(f)}"'}, head)
+            return self.send(404, b"not found", "text/plain", head=head)
+
+    return H
+
+
+_SHA: dict[str, str] = {}
+
+
+def _sha(f: Path) -> str:
+    key = f"{f}:{f.stat().st_mtime}:{f.stat().st_size}"
+    if key not in _SHA:
+        _SHA[key] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return _SHA[key]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--bind", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    a = ap.parse_args()
+    srv = ThreadingHTTPServer((a.bind, a.port), make_handler(Path(a.dir)))
+    srv.daemon_threads = True
+    os.write(1, b"ready\n")
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

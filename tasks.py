@@ -125,6 +125,116 @@ def provision(c, host, model=None, check=False, diff=False, no_verify=False, inv
         raise Exit(code=1)
 
 
+@task(
+    help={"host": HOST_HELP, "local_port": "local port (default: the remote port, 8000)", "remote_port": "engine port on the host",
+          "next_free": "take the next free local port when the one asked for is busy",
+          "paramiko": "use paramiko instead of the system ssh client", "inventory": COMMON_HELP["inventory"],
+          "background": "keep running after this command returns (pid file under .gpuprov/tunnels)",
+          "stop": "stop the background tunnel(s) of --host"},
+)
+@_errors
+def tunnel(c, host, local_port=None, remote_port=None, next_free=False, paramiko=False, inventory=None,
+           background=False, stop=False):
+    """Forward a local port to the engine on each host, kept alive and reconnecting; prints the OpenAI base URL."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from gpuprov import api, report, settings
+
+    hosts = api.select_hosts(host, inventory)
+    tdir = settings.home() / "tunnels"
+    if stop:
+        for h in hosts:
+            pidf = tdir / f"{h.name}.pid"
+            if pidf.is_file():
+                try:
+                    os.kill(int(pidf.read_text().split()[0]), signal.SIGTERM)
+                    report.note(f"{h.name}: tunnel stopped")
+                except (ProcessLookupError, ValueError):
+                    report.note(f"{h.name}: tunnel was not running")
+                pidf.unlink()
+            else:
+                report.note(f"{h.name}: no background tunnel")
+        return
+    if background:
+        tdir.mkdir(parents=True, exist_ok=True)
+        for i, h in enumerate(hosts):
+            port = int(local_port or 8000) + i
+            args = [sys.executable, "-m", "invoke", "tunnel", "--host", h.name, "--local-port", str(port)]
+            args += ["--next-free"] * bool(next_free) + ["--paramiko"] * bool(paramiko)
+            args += ["--inventory", inventory] if inventory else []
+            args += ["--remote-port", str(remote_port)] if remote_port else []
+            log = open(tdir / f"{h.name}.log", "ab")
+            p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            (tdir / f"{h.name}.pid").write_text(f"{p.pid}\n")
+            report.note(f"{h.name}: tunnel in the background (pid {p.pid}, log {tdir / (h.name + '.log')}); "
+                        f"`invoke tunnel --host {h.name} --stop` ends it")
+        return
+    tunnels = []
+    try:
+        for i, h in enumerate(hosts):
+            lp = int(local_port) + i if local_port else None
+            t = api.open_tunnel(h, lp, remote_port, next_free=next_free or len(hosts) > 1,
+                                transport="paramiko" if paramiko else "auto")
+            tunnels.append(t)
+            key = api.api_key_path(h)
+            report.out.print(f"{h.name}: OPENAI_BASE_URL={t.base_url}  (via {t.kind})"
+                             + (f"  API key in {key} (0600)" if key else ""), markup=False)
+        report.note("Ctrl-C to stop")
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for t in tunnels:
+            t.stop()
+
+
+@task(help={"keep": "leave the simulated host (and its engine) running", "systemd": "use a systemd (VM-like) host",
+            "model": "model to serve (default openai/gpt-oss-20b)"})
+@_errors
+def demo(c, keep=False, systemd=False, model="openai/gpt-oss-20b"):
+    """The whole job on a simulated lab: sim host up → provision → tunnel → a chat completion → down."""
+    import time
+
+    from gpuprov import api, report
+    from gpuprov.provision import provision as run
+
+    name = "demo"
+    t0 = time.monotonic()
+    lab = api.sim_lab()
+    if name in lab.hosts():
+        api.sim_down(name)
+    report.note("1/4 simulated GPU host: real sshd in its own network namespace; GPU = recorded 2× RTX A5000, driver 590")
+    api.sim_up(name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=systemd)
+    try:
+        report.note(f"2/4 provision {model} (probe → plan → install → service → verify)")
+        hosts = api.select_hosts(name, None, [f"model={model}"])
+        results = run(hosts, on_event=report.task_event, on_progress=report.progress_line)
+        report.provision_human(results)
+        if not results[0].ok:
+            raise Exit("demo: provisioning failed", code=1)
+        report.note("3/4 tunnel to the engine")
+        t = api.open_tunnel(hosts[0], 8000, next_free=True)
+        try:
+            report.note(f"4/4 chat completion through {t.base_url} with the OpenAI client")
+            from openai import OpenAI
+
+            client = OpenAI(base_url=t.base_url, api_key="unused", timeout=30, max_retries=2)
+            reply = client.chat.completions.create(model=model, max_tokens=32,
+                                                   messages=[{"role": "user", "content": "Hello, GPU box!"}])
+            report.out.print(f"\n[bold]assistant:[/] {reply.choices[0].message.content}\n")
+        finally:
+            t.stop()
+        report.note(f"demo done in {time.monotonic() - t0:.1f} s"
+                    + (f"; `invoke sim-down --name {name}` removes the host" if keep else ""))
+    finally:
+        if not keep:
+            api.sim_down(name)
+
+
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None):

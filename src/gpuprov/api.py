@@ -265,3 +265,44 @@ def play(playbook: str | Path, hosts: Sequence[Host], check: bool = False, diff:
             else:
                 recaps[r.host] = r
     return list(recaps.values())
+
+
+# --------------------------------------------------------------------------- tunnel
+
+
+HEALTH_ARGV = ["python3", "-c",
+               "import sys,urllib.request\n"
+               "try:\n    urllib.request.urlopen('http://127.0.0.1:%s/health' % sys.argv[1], timeout=5); print('ok')\n"
+               "except Exception as e:\n    print(e)"]
+
+
+def engine_ready(host: Host, port: int) -> str | None:
+    """None when the engine on ``host`` answers /health; else the reason."""
+    runner = open_runner(host, known_hosts())
+    try:
+        out = runner.run(HEALTH_ARGV + [str(port)], timeout=20).stdout.strip()
+        return None if out == "ok" else out or "no answer"
+    finally:
+        runner.close()
+
+
+def open_tunnel(host: Host, local_port: int | None = None, remote_port: int | None = None, next_free: bool = False,
+                transport: str = "auto", check_ready: bool = True):  # noqa: ANN201
+    from .errors import UsageError
+    from .tunnel import Tunnel, pick_port
+
+    remote = int(remote_port or host.var("engine_port", 8000))
+    if check_ready:
+        why = engine_ready(host, remote)
+        if why:
+            raise UsageError(f"{host.name}: the engine on port {remote} is not ready ({why}); "
+                             f"run `invoke provision --host {host.name}` or `invoke status --host {host.name}`")
+    port = pick_port(int(local_port or remote), next_free)
+    return Tunnel(host, port, remote, settings.known_hosts_file(), transport).start()
+
+
+def api_key_path(host: Host) -> Path | None:
+    from .provision import key_file
+
+    p = key_file(host)
+    return p if p.is_file() else None

@@ -1,0 +1,241 @@
+"""A local port forwarded to the engine on the host (127.0.0.1:8000 there), kept alive and reconnecting.
+
+Two transports: the system OpenSSH client (``ssh -N -L`` with ServerAliveInterval=5 × 3 and
+ExitOnForwardFailure, so a dead link is noticed within about 15 s) when it exists, else paramiko. Either way
+a supervisor thread restarts a dead link with backoff, and there is never a listener whose link is dead: with
+OpenSSH the listener dies with its process; with paramiko each client connection opens its own channel and a
+failure closes the client at once (the next request triggers a reconnect).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConnectError, UsageError
+from .inventory import Host
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_port(wanted: int, next_free: bool) -> int:
+    if port_free(wanted):
+        return wanted
+    if not next_free:
+        raise UsageError(f"local port {wanted} is already in use; pass --local-port N or --next-free")
+    for p in range(wanted + 1, wanted + 200):
+        if port_free(p):
+            return p
+    raise UsageError(f"no free local port in {wanted}..{wanted + 199}")
+
+
+def wait_listening(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class Tunnel:
+    host: Host
+    local_port: int
+    remote_port: int = 8000
+    known_hosts_file: Path | None = None
+    transport: str = "auto"  # auto | openssh | paramiko
+    reconnects: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _proc: subprocess.Popen | None = None
+    _thread: threading.Thread | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+    _listener: socket.socket | None = None
+    _runner: object | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def kind(self) -> str:
+        if self.transport == "auto":
+            return "openssh" if shutil.which("ssh") else "paramiko"
+        return self.transport
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.local_port}/v1"
+
+    # ----------------------------------------------------------- OpenSSH
+    def ssh_argv(self) -> list[str]:
+        h = self.host
+        from .connection import _ssh_config_for
+
+        cfg = _ssh_config_for(h.address)
+        kh = [str(self.known_hosts_file)] if self.known_hosts_file else []
+        kh.append(str(Path.home() / ".ssh" / "known_hosts"))
+        argv = ["ssh", "-N", "-T", "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{self.remote_port}",
+                "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=5",
+                "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=yes",
+                "-o", "UserKnownHostsFile=" + " ".join(kh), "-o", "LogLevel=ERROR"]
+        if h.port or cfg.get("port"):
+            argv += ["-p", str(h.port or cfg.get("port"))]
+        if h.identity_file:
+            argv += ["-i", h.identity_file, "-o", "IdentitiesOnly=yes"]
+        if h.proxy_jump:
+            argv += ["-J", h.proxy_jump]
+        user = h.user or cfg.get("user")
+        argv.append(f"{user}@{h.address}" if user else h.address)
+        return argv
+
+    def _run_openssh(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._proc = subprocess.Popen(self.ssh_argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, start_new_session=True)
+            if wait_listening(self.local_port, 15):
+                self._ready.set()
+            while self._proc.poll() is None and not self._stop.is_set():
+                time.sleep(0.2)
+            if self._stop.is_set():
+                break
+            self._ready.clear()
+            self.reconnects += 1
+            if time.monotonic() - started > 30:
+                backoff = 1.0
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+        self._kill_proc()
+
+    def _kill_proc(self) -> None:
+        p = self._proc
+        if p and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # ----------------------------------------------------------- paramiko
+    def _transport(self):  # noqa: ANN202
+        from . import api
+
+        with self._lock:
+            r = self._runner
+            try:
+                if r is not None:
+                    return r.transport  # type: ignore[attr-defined]
+            except ConnectError:
+                pass
+            if r is not None:
+                r.close()  # type: ignore[attr-defined]
+                self.reconnects += 1
+            from .connection import SSHRunner
+
+            self._runner = SSHRunner(self.host, api.known_hosts()).connect()
+            return self._runner.transport  # type: ignore[attr-defined]
+
+    def _run_paramiko(self) -> None:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.local_port))
+        srv.listen(64)
+        srv.settimeout(0.5)
+        self._listener = srv
+        self._transport()
+        self._ready.set()
+        while not self._stop.is_set():
+            try:
+                client, _ = srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+        srv.close()
+
+    def _pump(self, client: socket.socket) -> None:
+        chan = None
+        for attempt in range(2):
+            try:
+                chan = self._transport().open_channel("direct-tcpip", ("127.0.0.1", self.remote_port),
+                                                      client.getpeername(), timeout=10)
+                break
+            except Exception:  # noqa: BLE001 - dead link: reconnect once, else close the client
+                with self._lock:
+                    if self._runner is not None:
+                        self._runner.close()  # type: ignore[attr-defined]
+                        self._runner = None
+        if chan is None:
+            client.close()
+            return
+        try:
+            while True:
+                r, _, _ = select.select([client, chan], [], [], 1.0)
+                if self._stop.is_set():
+                    break
+                if client in r:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    chan.sendall(data)
+                if chan in r:
+                    data = chan.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            chan.close()
+            client.close()
+
+    # ----------------------------------------------------------- control
+    def start(self, timeout: float = 20) -> "Tunnel":
+        target = self._run_openssh if self.kind == "openssh" else self._run_paramiko
+        self._thread = threading.Thread(target=target, daemon=True, name=f"tunnel-{self.host.name}")
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            err = ""
+            if self._proc is not None and self._proc.poll() is not None and self._proc.stderr:
+                err = self._proc.stderr.read().decode(errors="replace").strip()
+            self.stop()
+            raise ConnectError(f"{self.host.name}: the tunnel did not come up within {timeout:g} s {err}".strip())
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kill_proc()
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._runner is not None:
+            self._runner.close()  # type: ignore[attr-defined]
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else os.getpid()

@@ -45,6 +45,9 @@ class HostRecap:
     time_s: float = 0.0
     execs: int = 0
     results: list[TaskResult] = field(default_factory=list)
+    #: time.monotonic() at start and end (lets tests see that hosts overlapped)
+    started: float = 0.0
+    ended: float = 0.0
 
     def count(self, r: TaskResult) -> None:
         self.results.append(r)
@@ -158,6 +161,7 @@ class HostRun:
 
     def run(self) -> HostRecap:
         start = time.monotonic()
+        self.recap.started = start
         try:
             prepared = self.prepare()
             queries = [q for _, qs in prepared.values() for q in qs]
@@ -184,7 +188,8 @@ class HostRun:
         except GpuprovError as e:
             self.recap.failed += 1
             self.recap.error = self._redact(str(e))
-        self.recap.time_s = time.monotonic() - start
+        self.recap.ended = time.monotonic()
+        self.recap.time_s = self.recap.ended - start
         self.recap.execs = getattr(self.runner, "exec_count", 0)
         return self.recap
 
@@ -199,7 +204,15 @@ class HostRun:
 
     def _run_task(self, t: Task, prepared: tuple[Op, list[dict]] | None, state: list[dict] | None) -> bool:
         t0 = time.monotonic()
-        if t.when is not None and not self.templar.test(t.when, self.ctx, t.name):
+        try:
+            run_it = t.when is None or self.templar.test(t.when, self.ctx, t.name)
+        except UsageError as e:
+            if not self.opts.check:
+                raise
+            self._finish(t, TaskResult(t.name, "skipped", f"depends on a result unknown in check mode ({e})"),
+                         {"skipped": True, "changed": False})
+            return True
+        if not run_it:
             r = TaskResult(t.name, "skipped", "condition false")
             self._finish(t, r, {"skipped": True, "changed": False})
             return True

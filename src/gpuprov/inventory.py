@@ -387,7 +387,7 @@ def _plain(v: Any) -> Any:
 
 
 def parse_extra_vars(items: Iterable[str]) -> dict[str, Any]:
-    """``-e key=value`` → {key: value}; values are read as YAML scalars (``4096`` → int, ``true`` → bool)."""
+    """``-e key=value`` → {key: value}; values are read as YAML (``4096`` → int, ``true`` → bool, ``{A: 1}`` → dict)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -400,5 +400,5 @@ def parse_extra_vars(items: Iterable[str]) -> dict[str, Any]:
             val = yaml.safe_load(v) if v.strip() else ""
         except yaml.YAMLError:
             val = v
-        out[k] = v if isinstance(val, (dict, list)) or val is None else val
+        out[k] = val  # YAML scalars, and JSON/YAML flow mappings and lists ({a: 1}, [x, y]) as structures
     return out

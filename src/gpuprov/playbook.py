@@ -160,7 +160,10 @@ class Templar:
             try:
                 m = re.fullmatch(r"\s*\{\{(.*?)\}\}\s*", value, re.S)
                 if m and "{{" not in m.group(1):
-                    return self.env.compile_expression(m.group(1))(**ctx)
+                    out = self.env.compile_expression(m.group(1), undefined_to_none=False)(**ctx)
+                    if isinstance(out, jinja2.Undefined):
+                        str(out)  # raises UndefinedError naming the variable
+                    return out
                 return self.env.from_string(value).render(**ctx)
             except (jinja2.TemplateError, TypeError, ValueError) as e:
                 raise self._err(e, task) from None
@@ -172,7 +175,10 @@ class Templar:
 
     def test(self, expr: str, ctx: Mapping[str, Any], task: str) -> bool:
         try:
-            return bool(self.env.compile_expression(expr)(**ctx))
+            out = self.env.compile_expression(expr, undefined_to_none=False)(**ctx)
+            if isinstance(out, jinja2.Undefined):
+                str(out)
+            return bool(out)
         except (jinja2.TemplateError, TypeError, ValueError) as e:
             raise self._err(e, task) from None
 

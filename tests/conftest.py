@@ -37,11 +37,16 @@ def lab_env(tmp_path_factory):
         pytest.skip(why)
     home = tmp_path_factory.mktemp("gpuprov-home")
     tag = f"{random.randrange(16**3):03x}"
+    in_use = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, timeout=10).stdout
+    while True:  # a subnet no interface on this machine uses
+        subnet = f"10.{random.randrange(100, 250)}.{random.randrange(0, 250)}"
+        if f" {subnet}." not in in_use:
+            break
     env = {
         "GPUPROV_HOME": str(home),
         "GPUPROV_INVENTORY": str(home / "inventory"),
         "GPUPROV_SIM_PREFIX": f"t{tag}",
-        "GPUPROV_SIM_SUBNET": f"10.{random.randrange(100, 250)}.{random.randrange(0, 250)}.0/24",
+        "GPUPROV_SIM_SUBNET": f"{subnet}.0/24",
         "GPUPROV_PERSONA_PATH": str(SMI_DATA / "xml"),
     }
     old = {k: os.environ.get(k) for k in env}

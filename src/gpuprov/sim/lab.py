@@ -151,6 +151,11 @@ class Lab:
         pidfile = self.dir / "services.pid"
         if pidfile.is_file() and Path(f"/proc/{pidfile.read_text().strip()}").exists():
             return
+        with socket.socket() as probe_sock:
+            if probe_sock.connect_ex((self.bridge_ip, self.SERVICES_PORT)) == 0:
+                raise LabError(f"another gpuprov lab already serves {self.services_url} on bridge {self.bridge}; take it "
+                               "down (`invoke sim-down` with its GPUPROV_HOME) or use GPUPROV_SIM_PREFIX and "
+                               "GPUPROV_SIM_SUBNET to run a second lab")
         from .content import prepare
 
         root = self.dir / "services"

@@ -235,6 +235,75 @@ def demo(c, keep=False, systemd=False, model="openai/gpt-oss-20b"):
             api.sim_down(name)
 
 
+@task(help={"host": HOST_HELP, "inventory": COMMON_HELP["inventory"], "json": COMMON_HELP["json"]})
+@_errors
+def status(c, host, inventory=None, json=False):
+    """Service state, readiness, model, vLLM version, uptime, restarts, GPU memory and utilisation, endpoint."""
+    from gpuprov import api, report
+
+    outcomes = api.status(api.select_hosts(host, inventory))
+    (report.status_json if json else report.status_human)(outcomes)
+    if any(not o.ok for o in outcomes):
+        raise Exit(code=max(o.error.exit_code for o in outcomes if not o.ok))
+
+
+@task(help={"host": HOST_HELP, "inventory": COMMON_HELP["inventory"], "f": "follow (until Ctrl-C)", "n": "lines (default 100)"})
+@_errors
+def logs(c, host, f=False, n=100, inventory=None):
+    """The engine's log: the journal (systemd) or the supervisor's log file; -f follows it."""
+    from gpuprov import api
+
+    hosts = api.select_hosts(host, inventory)
+    if len(hosts) != 1:
+        from gpuprov.errors import UsageError
+
+        raise UsageError("logs takes one host")
+    try:
+        api.stream_logs(hosts[0], int(n), f, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    except KeyboardInterrupt:
+        pass
+
+
+def _control(action):
+    @task(name=action, help={"host": HOST_HELP, "inventory": COMMON_HELP["inventory"]})
+    @_errors
+    def control(c, host, inventory=None):
+        from gpuprov import api, report
+
+        outcomes = api.control(api.select_hosts(host, inventory), action)
+        report.control_human(action, outcomes)
+        if any(not o.ok or (o.value["ready"] is not None and not o.value["ready"].ready) for o in outcomes):
+            raise Exit(code=1)
+
+    control.__doc__ = {"start": "Start the engine and wait until it answers a completion.",
+                       "stop": "Stop the engine (it stays installed).",
+                       "restart": "Restart the engine and wait until it answers a completion."}[action]
+    return control
+
+
+start = _control("start")
+stop = _control("stop")
+restart = _control("restart")
+
+
+@task(help={"host": HOST_HELP, "inventory": COMMON_HELP["inventory"], "purge": "also delete the downloaded weights"})
+@_errors
+def teardown(c, host, purge=False, inventory=None):
+    """Remove the service, venvs, scripts, logs and secrets files (weights stay unless --purge)."""
+    from gpuprov import api, report
+
+    outcomes = api.teardown(api.select_hosts(host, inventory), purge=purge, on_event=report.task_event)
+    for o in outcomes:
+        if not o.ok:
+            report.error(str(o.error))
+        elif o.value is None:
+            report.note(f"{o.host.name}: nothing to tear down")
+        else:
+            report.note(f"{o.host.name}: removed ({o.value.changed} changes)" + ("" if purge else "; weights kept"))
+    if any(not o.ok or (o.value and o.value.failed) for o in outcomes):
+        raise Exit(code=1)
+
+
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None):

@@ -306,3 +306,137 @@ def api_key_path(host: Host) -> Path | None:
 
     p = key_file(host)
     return p if p.is_file() else None
+
+
+# --------------------------------------------------------------------------- status, control, logs, teardown
+
+
+def status(hosts: Sequence[Host]) -> list[HostOutcome]:
+    from .status import read_status
+
+    def one(h: Host):  # noqa: ANN202
+        r = open_runner(h, known_hosts())
+        try:
+            return read_status(r)[0]
+        finally:
+            r.close()
+
+    return for_each_host(hosts, one)
+
+
+def control(hosts: Sequence[Host], action: str, wait: bool = True, timeout: float = 900) -> list[HostOutcome]:
+    """start | stop | restart the engine; start/restart wait for readiness (a real completion)."""
+    from .errors import UsageError
+    from .health import wait_ready
+    from .ops import NoOp, OpContext
+    from .ops.service import Service
+    from .status import read_status
+
+    if action not in ("start", "stop", "restart"):
+        raise UsageError(f"unknown action {action!r}")
+
+    def one(h: Host):  # noqa: ANN202
+        r = open_runner(h, known_hosts())
+        try:
+            st, raw = read_status(r)
+            if st.service == "not-installed":
+                raise UsageError(f"{h.name}: nothing provisioned here (no state.json); run `invoke provision` first")
+            s, root = raw["state"], raw["root"]
+            args = {"name": s["service"], "manager": s["service_manager"],
+                    "state": {"start": "started", "stop": "stopped", "restart": "restarted"}[action]}
+            if s["service_manager"] == "supervisor":
+                args.update(command=[f"{root}/bin/vllm-serve"], env_file=s["env_file"], log=s["log"],
+                            pidfile=s["pidfile"], supervisor=f"{root}/bin/gpuprov-supervise", workdir=root)
+            op = Service(args, action)
+            ctx = OpContext(r, None)
+            from .executor import gather
+
+            decision = op.check(ctx, gather(r, op.queries(ctx)))
+            changed = not isinstance(decision, NoOp)
+            if changed:
+                for cmd in decision.commands:
+                    r.run(cmd.argv, timeout=cmd.timeout).check()
+            ready = None
+            if wait and action != "stop":
+                ready = wait_ready(r, manager=s["service_manager"], unit=s["service"], log=s["log"],
+                                   pidfile=s["pidfile"], port=s["engine_port"], env_file=s["env_file"],
+                                   model=s["model"], timeout=timeout)
+            return {"changed": changed, "ready": ready}
+        finally:
+            r.close()
+
+    return for_each_host(hosts, one)
+
+
+def logs_argv(state: dict, lines: int, follow: bool) -> list[str]:
+    if state["service_manager"] == "systemd":
+        return ["journalctl", "-u", state["service"], "--no-pager", "-o", "cat", "-n", str(lines)] + (["-f"] * follow)
+    return ["tail", "-n", str(lines)] + (["-F"] if follow else []) + [state["log"]]
+
+
+def stream_logs(host: Host, lines: int, follow: bool, write) -> None:  # noqa: ANN001
+    """Print the engine's log (journal or supervisor log); with follow, until interrupted."""
+    import socket as _socket
+
+    from .errors import UsageError
+    from .status import read_status
+
+    r = open_runner(host, known_hosts())
+    try:
+        st, raw = read_status(r)
+        if st.service == "not-installed":
+            raise UsageError(f"{host.name}: nothing provisioned here")
+        argv = logs_argv(raw["state"], lines, follow)
+        if not follow:
+            write(r.run(argv, timeout=60).stdout)
+            return
+        import shlex
+
+        chan = r.transport.open_session(timeout=10)
+        chan.exec_command(shlex.join(argv))
+        chan.settimeout(1.0)
+        try:
+            while True:
+                try:
+                    data = chan.recv(65536)
+                except _socket.timeout:
+                    continue
+                if not data:
+                    break
+                write(data.decode("utf-8", "replace"))
+        finally:
+            chan.close()
+    finally:
+        r.close()
+
+
+def teardown(hosts: Sequence[Host], purge: bool = False, on_event=None) -> list[HostOutcome]:  # noqa: ANN001
+    from .executor import HostRun, RunOptions, template_dirs
+    from .playbook import Templar, load_playbook
+    from .provision import key_file
+    from .status import read_status
+
+    path = Path(__file__).resolve().parents[2] / "playbooks" / "teardown.yml"
+    if (Path.cwd() / "playbooks" / "teardown.yml").is_file():
+        path = Path.cwd() / "playbooks" / "teardown.yml"
+    play_ = load_playbook(path)[0]
+
+    def one(h: Host):  # noqa: ANN202
+        r = open_runner(h, known_hosts())
+        try:
+            st, raw = read_status(r)
+            if st.service == "not-installed":
+                return None
+            s = raw["state"]
+            unit_exists = s["service_manager"] == "systemd" and st.service != "unknown"
+            extra = {"st": s, "root": raw["root"], "purge": purge, "unit_exists": unit_exists}
+            recap = HostRun(play_, h, r, None, extra, Templar(template_dirs(path)), RunOptions(on_event=on_event)).run()
+            if not recap.failed:
+                kf = key_file(h)
+                if kf.exists():
+                    kf.unlink()
+            return recap
+        finally:
+            r.close()
+
+    return for_each_host(hosts, one)

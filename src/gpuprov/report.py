@@ -245,3 +245,53 @@ def provision_json(results) -> None:  # noqa: ANN001
                 d["diagnosis"] = r.readiness.diagnosis
         hosts[r.host] = d
     json_line({"hosts": hosts})
+
+
+# --------------------------------------------------------------------------- status and control
+
+
+def status_json(outcomes) -> None:  # noqa: ANN001
+    for o in outcomes:
+        if o.ok:
+            json_line(o.value.to_json())
+        else:
+            error(str(o.error))
+
+
+def _uptime(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 86400}d{s % 86400 // 3600}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def status_human(outcomes) -> None:  # noqa: ANN001
+    t = Table(box=None, pad_edge=False)
+    for col in ("host", "service", "ready", "model", "vLLM", "uptime", "restarts", "GPU memory", "GPU util", "endpoint"):
+        t.add_column(col)
+    for o in outcomes:
+        if not o.ok:
+            t.add_row(o.host.name, "[red]unreachable[/]", "-", "-", "-", "-", "-", "-", "-", str(o.error)[:60])
+            continue
+        s = o.value
+        mem = ", ".join(f"{(g['memory_used_mib'] or 0) / 1024:.0f}/{(g['memory_total_mib'] or 0) / 1024:.0f} GiB" for g in s.gpus) or "-"
+        util = ", ".join(f"{g['utilization_pct']}%" for g in s.gpus if g.get("utilization_pct") is not None) or "-"
+        style = {"active": "green", "failed": "red"}.get(s.service, "yellow")
+        t.add_row(s.host, f"[{style}]{s.service}[/]", "yes" if s.ready else "no", s.model or "-", s.vllm_version or "-",
+                  _uptime(s.uptime_s), str(s.restarts), mem, util, s.endpoint or "-")
+    out.print(t)
+
+
+def control_human(action: str, outcomes) -> None:  # noqa: ANN001
+    for o in outcomes:
+        if not o.ok:
+            error(str(o.error))
+            continue
+        rd = o.value["ready"]
+        what = f"{action}ed" if o.value["changed"] else f"nothing to {action}"
+        msg = f"{o.host.name}: {what.replace('stoped', 'stopped')}"
+        if rd is not None:
+            msg += "; ready (a completion answered)" if rd.ready else f"; NOT ready: {rd.error}"
+        out.print(msg, markup=False)
+        if rd is not None and not rd.ready and rd.diagnosis:
+            out.print(f"  diagnosis: {rd.diagnosis}", markup=False)

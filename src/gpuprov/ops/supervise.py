@@ -115,6 +115,7 @@ def cmd_start(a):
                     break
         state["last_exit"] = code
         state["child"] = None
+        state["stopped"] = bool(stopping["flag"])
         write_atomic(a.pidfile + ".state", json.dumps(state))
         if stopping["flag"] or code == 0:
             break

@@ -306,7 +306,8 @@ class Lab:
         script += f"exec /usr/sbin/sshd -D -e -f {inside}/sshd_config\n"
         log = open(d / "sshd.log", "ab")
         p = subprocess.Popen(
-            ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c", script],
+            ["ip", "netns", "exec", h.netns, "unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+             "sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
         log.close()

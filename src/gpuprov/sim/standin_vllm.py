@@ -63,7 +63,8 @@ def make_handler(eng):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, fmt, *args):
-            sys.stderr.write('(APIServer pid=%d) INFO:     %s - "%s" \n' % (os.getpid(), self.client_address[0], fmt % args))
+            sys.stderr.write("(APIServer pid=%d) INFO:     %s:%d - %s\n" % (os.getpid(), self.client_address[0],
+                                                                     self.client_address[1], fmt % args))
 
         def send(self, code, body, ctype="application/json"):
             data = body if isinstance(body, bytes) else json.dumps(body).encode()

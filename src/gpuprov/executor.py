@@ -65,6 +65,7 @@ class RunOptions:
     diff: bool = False
     tags: tuple[str, ...] = ()
     on_event: Callable[[str, str, TaskResult], None] | None = None
+    on_progress: Callable[[str, str], None] | None = None
 
 
 def gather_script() -> str:
@@ -217,6 +218,8 @@ class HostRun:
             self._finish(t, r, {"skipped": True, "changed": False})
             return True
         octx = OpContext(self.runner, self.facts, self.opts.check, t.become)
+        if self.opts.on_progress:
+            octx.on_progress = lambda text: self.opts.on_progress(self.host.name, text)
         try:
             op = prepared[0] if prepared else self._build_op(t)
         except UsageError as e:
@@ -252,6 +255,11 @@ class HostRun:
                         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
                         failed_msg = f"{cmd.label or cmd.argv[0]} exited {res.exit_status}: {tail}"
                         break
+                if failed_msg is None and decision.poll is not None:
+                    try:
+                        decision.poll(self.runner, octx)
+                    except RemoteError as e:
+                        failed_msg = str(e)
                 result.update(op.result(octx, outputs))
                 result["changed"] = decision.changes
                 if decision.changes:

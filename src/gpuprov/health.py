@@ -99,8 +99,9 @@ except Exception as e:
 PHASES = [
     ("download", re.compile(r"Time spent downloading weights")),
     ("load", re.compile(r"Loading safetensors checkpoint shards(?: \(eager\))?:\s+(\d+)% Completed \| (\d+)/(\d+)")),
+    ("load", re.compile(r"Initializing model took")),
     ("loaded", re.compile(r"Loading weights took|Model loading took")),
-    ("compile", re.compile(r"torch\.compile take?s? [\d.]+ ?s in total")),
+    ("compile", re.compile(r"torch\.compile take?s? [\d.]+ ?s in total|saved AOT compiled function|Compiling a graph")),
     ("kv", re.compile(r"KV cache size: ([\d,]+) tokens")),
     ("graphs", re.compile(r"Capturing CUDA graphs|Graph capturing finished")),
     ("ready", re.compile(r"Application startup complete")),

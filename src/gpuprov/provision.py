@@ -150,7 +150,7 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
     path = playbook_path()
     plays = load_playbook(path)
     templar = Templar(template_dirs(path))
-    opts = RunOptions(check=check, diff=diff, on_event=on_event)
+    opts = RunOptions(check=check, diff=diff, on_event=on_event, on_progress=on_progress)
     extra = {"plan": plan.to_json(), "facts": facts.to_json(), "gp": gp}
     recap = None
     for p in plays:

@@ -53,6 +53,8 @@ class Change:
     diffs: tuple[Diff, ...] = ()
     #: False for operations that only wait or read (wait_for): they report ok, not changed
     changes: bool = True
+    #: after the commands: a Python function (runner, ctx) that polls the host and reports progress
+    poll: Callable[[Any, "OpContext"], None] | None = None
 
 
 @dataclass
@@ -64,6 +66,8 @@ class OpContext:
     check_mode: bool = False
     become: bool = False
     notes: list[str] = field(default_factory=list)
+    #: progress lines for long waits (the weights download), shown to the user as they come
+    on_progress: Callable[[str], None] | None = None
 
     def argv(self, argv: Sequence[str]) -> tuple[str, ...]:
         argv = tuple(str(a) for a in argv)

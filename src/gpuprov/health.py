@@ -159,7 +159,7 @@ class Progress:
             m = rx.search(line)
             if m:
                 self.phase = name
-                if name == "load":
+                if name == "load" and m.groups():
                     self.percent = int(m.group(1))
                 if name == "kv":
                     self.kv_tokens = int(m.group(1).replace(",", ""))

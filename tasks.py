@@ -304,6 +304,28 @@ def teardown(c, host, purge=False, inventory=None):
         raise Exit(code=1)
 
 
+@task(help={"hosts": "host counts, comma list (default 1,10,50)", "runs": "timed runs after the warm-up (default 3)",
+            "json": "print {\"rows\": [...]} as JSON", "keep": "leave the benchmark hosts up",
+            "tools": "comma list of gpuprov,pyinfra,ansible", "provision_hosts": "host counts for the provision no-op rows"})
+def bench(c, hosts="1,10,50", runs=3, json=False, keep=False, tools="gpuprov,pyinfra,ansible", provision_hosts=None):
+    """No-op runs: gpuprov vs pyinfra vs ansible-core on the same sim hosts, plus provision no-op and tunnel latency."""
+    import json as _json
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
+    import run as bench_run
+
+    sizes = [int(x) for x in str(hosts).split(",") if x]
+    prov = [int(x) for x in str(provision_hosts).split(",") if x] if provision_hosts else None
+    result = bench_run.main(sizes, int(runs), json, keep, tuple(str(tools).split(",")), prov)
+    if json:
+        print(_json.dumps(result))
+        return
+    from gpuprov import report
+
+    report.bench_human(result)
+
+
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None):

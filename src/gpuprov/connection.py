@@ -151,6 +151,34 @@ def default_known_hosts_path() -> Path:
 # --------------------------------------------------------------------------- SSH
 
 
+class QuickAckSocket:
+    """A TCP socket that acknowledges every segment at once (TCP_QUICKACK after each recv, TCP_NODELAY on).
+
+    sshd leaves Nagle on for non-interactive sessions; paired with the kernel's delayed ACK that stalls an
+    exchange by ~40 ms whenever the server has an unacknowledged small segment in flight (it happens right
+    after authentication, when the server sends its host-keys notice). Quick ACKs remove the stall.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._quickack = getattr(socket, "TCP_QUICKACK", None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if self._quickack is not None:
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
+            except OSError:
+                pass
+        return data
+
+    def __getattr__(self, name: str):  # send, sendall, settimeout, close, fileno, getpeername, ...
+        return getattr(self._sock, name)
+
+
+
 class SSHRunner:
     """One paramiko SSH connection to one host; exec with stdin and timeouts; TCP_NODELAY and keepalive on."""
 
@@ -185,6 +213,12 @@ class SSHRunner:
         jump = h.proxy_jump or cfg.get("proxyjump")
         if jump:
             sock = self._open_jump(jump, address, port)
+        else:
+            try:
+                sock = QuickAckSocket(socket.create_connection((address, port), timeout=self.connect_timeout))
+            except (OSError, socket.timeout) as e:
+                reason = f"no answer within {self.connect_timeout:g} s" if isinstance(e, (socket.timeout, TimeoutError)) else str(e)
+                raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
         client = paramiko.SSHClient()
         client._host_keys = self.known_hosts.load()  # noqa: SLF001 - paramiko has no public setter
         client.set_missing_host_key_policy(self.known_hosts.policy())
@@ -219,10 +253,6 @@ class SSHRunner:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE_S)
-        raw = transport.sock
-        if isinstance(raw, socket.socket):
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._client = client
         return self
 

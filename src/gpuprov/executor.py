@@ -237,6 +237,10 @@ class HostRun:
             result: dict[str, Any] = {"changed": False, "failed": False, "skipped": False}
             if isinstance(decision, NoOp):
                 r = TaskResult(t.name, "ok", decision.reason)
+                result.update(op.noop_result(state))
+                if t.failed_when is not None and self.templar.test(t.failed_when, self._with_result(t, result), t.name):
+                    r = TaskResult(t.name, "failed", f"failed_when: {t.failed_when}")
+                    result["failed"] = True
             elif self.opts.check and t.op in ("command", "shell"):
                 r = TaskResult(t.name, "skipped", f"skipped in check mode (would {decision.summary})")
                 result["skipped"] = True
@@ -265,9 +269,9 @@ class HostRun:
                 if decision.changes:
                     self.dirty = True
                 if t.changed_when is not None:
-                    result["changed"] = self.templar.test(t.changed_when, {**self.ctx, "result": result}, t.name)
+                    result["changed"] = self.templar.test(t.changed_when, self._with_result(t, result), t.name)
                 if t.failed_when is not None:
-                    failed = self.templar.test(t.failed_when, {**self.ctx, "result": result}, t.name)
+                    failed = self.templar.test(t.failed_when, self._with_result(t, result), t.name)
                     failed_msg = f"failed_when: {t.failed_when}" if failed else None
                 if failed_msg:
                     result["failed"] = True
@@ -278,7 +282,7 @@ class HostRun:
                 r.diffs = [d.unified() if not t.secret else d.__class__(d.path, None, None, True).unified()
                            for d in decision.diffs]
             if t.until and r.status != "failed" and not isinstance(decision, NoOp) and not self.opts.check:
-                if not self.templar.test(t.until, {**self.ctx, "result": result}, t.name):
+                if not self.templar.test(t.until, self._with_result(t, result), t.name):
                     if attempt + 1 < attempts:
                         time.sleep(t.delay)
                         continue
@@ -293,6 +297,13 @@ class HostRun:
                 if n not in self.notified:
                     self.notified.append(n)
         return r.status != "failed"
+
+    def _with_result(self, t: Task, result: dict) -> dict:
+        """Context for changed_when / failed_when / until: the result as ``result`` and by its register name."""
+        ctx = {**self.ctx, "result": result}
+        if t.register:
+            ctx[t.register] = result
+        return ctx
 
     def _finish(self, t: Task, r: TaskResult, result: dict) -> None:
         r.msg = self._redact(r.msg)
@@ -332,5 +343,8 @@ def run_play(play: Play, hosts: Sequence[Host], connect: Callable[[Host], Any],
 
 
 def template_dirs(playbook: Path) -> list[Path]:
-    dirs = [playbook.parent / "templates", playbook.parent.parent / "templates", Path("templates")]
+    """Where ``template: src:`` is looked up: templates/ beside or above the playbook, ./templates, and the
+    playbook's folder and its parent (so ``src: job/unit.j2`` works from a project folder)."""
+    dirs = [playbook.parent / "templates", playbook.parent.parent / "templates", Path("templates"),
+            playbook.parent, playbook.parent.parent]
     return [d for d in dirs if d.is_dir()]

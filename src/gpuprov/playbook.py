@@ -2,7 +2,7 @@
 
 A playbook is a list of plays ``{name, hosts, vars, tasks, handlers}``. A task is ``name`` + exactly one
 operation (``file:``, ``copy:``, ``template:``, ``apt:``, ``venv:``, ``pip:``, ``service:``, ``command:``,
-``shell:``, ``wait_for:``) or ``meta: flush_handlers``, plus optional ``when``, ``notify``, ``register``,
+``shell:``, ``read:``, ``wait_for:``, ``weights:``) or ``meta: flush_handlers``, plus optional ``when``, ``notify``, ``register``,
 ``changed_when``, ``failed_when``, ``retries``/``until``/``delay``, ``become``, ``tags``, ``secret``.
 
 Templating uses StrictUndefined: a missing variable is an error naming the task and the variable. Secrets

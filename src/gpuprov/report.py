@@ -295,3 +295,17 @@ def control_human(action: str, outcomes) -> None:  # noqa: ANN001
         out.print(msg, markup=False)
         if rd is not None and not rd.ready and rd.diagnosis:
             out.print(f"  diagnosis: {rd.diagnosis}", markup=False)
+
+
+def bench_human(result: dict) -> None:
+    t = Table(title="no-op play (whole CLI wall time, seconds)", title_justify="left", box=None, pad_edge=False)
+    for col in ("tool", "hosts", "median", "min", "max", "exec/host", "conn/host"):
+        t.add_column(col)
+    for r in result["rows"]:
+        t.add_row(r["tool"], str(r["hosts"]), f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['max_s']:.3f}",
+                  f"{r['exec_per_host']:g}", f"{r['conn_per_host']:g}")
+    out.print(t)
+    for r in result.get("ratios", []):
+        out.print(f"gpuprov / {r['vs']} at {r['hosts']} hosts: {r['ratio']:.3f}×", markup=False)
+    for e in result.get("extra", []):
+        out.print(json.dumps(e), markup=False)

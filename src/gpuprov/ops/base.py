@@ -89,7 +89,7 @@ class Op:
             Op.registry[cls.name] = cls
 
     def __init__(self, args: Mapping[str, Any], task: str):
-        if isinstance(args, str) and self.free_form():
+        if isinstance(args, (str, list)) and self.free_form():
             args = {self.free_form(): args}
         if not isinstance(args, Mapping):
             raise UsageError(f"task {task!r}: {self.name} takes a mapping of arguments")
@@ -116,6 +116,10 @@ class Op:
 
     def check(self, ctx: OpContext, state: list[dict]) -> NoOp | Change:
         raise NotImplementedError
+
+    def noop_result(self, state: list[dict]) -> dict:
+        """What ``register`` stores when the task had nothing to do (``read`` returns its output here)."""
+        return {}
 
     def result(self, ctx: OpContext, outputs: list[Any]) -> dict:
         """What ``register`` stores after apply (commands' outputs)."""

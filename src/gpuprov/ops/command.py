@@ -61,6 +61,35 @@ class Shell(CommandOp):
         self.argv = ["sh", "-c", self.a["cmd"]]
 
 
+class Read(Op):
+    """A read-only command (a fact): it runs during the play's one state-gathering exec and never changes
+    anything, so it reports ok and costs no round trip of its own. Register it to use its output."""
+
+    name = "read"
+    args = {"argv": True, "timeout": False}
+
+    @classmethod
+    def free_form(cls):
+        return "argv"
+
+    def validate(self) -> None:
+        argv = self.a["argv"]
+        if isinstance(argv, str):
+            argv = shlex.split(argv)
+        if not isinstance(argv, list) or not argv:
+            raise UsageError(f"task {self.task!r}: argv must be a non-empty list")
+        self.argv = [str(x) for x in argv]
+
+    def queries(self, ctx):
+        return [{"kind": "cmd", "argv": list(ctx.argv(self.argv)), "timeout": float(self.a.get("timeout", 60))}]
+
+    def check(self, ctx, state):
+        return NoOp(f"read {shlex.join(self.argv)[:60]} (exit {state[0].get('rc')})")
+
+    def noop_result(self, state):
+        return {"rc": state[0].get("rc"), "stdout": state[0].get("stdout", ""), "stderr": state[0].get("stderr", "")}
+
+
 WAIT_SCRIPT = r"""
 import socket, sys, time, urllib.request, urllib.error
 kind, target, port, timeout, status = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])

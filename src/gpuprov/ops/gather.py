@@ -122,7 +122,12 @@ def q_which(q):
     return {"path": shutil.which(q["name"])}
 
 
-HANDLERS = {"stat": q_stat, "pip": q_pip, "service": q_service, "dpkg": q_dpkg, "which": q_which}
+def q_cmd(q):
+    rc, out, err = run(q["argv"], timeout=q.get("timeout", 60))
+    return {"rc": rc, "stdout": out, "stderr": err[-4000:]}
+
+
+HANDLERS = {"stat": q_stat, "pip": q_pip, "service": q_service, "dpkg": q_dpkg, "which": q_which, "cmd": q_cmd}
 
 
 def main():

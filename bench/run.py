@@ -1,0 +1,282 @@
+"""`invoke bench`: gpuprov against pyinfra and ansible-core on the same job (shared/research/peer-benchmark.md),
+on the same simulated hosts, in the same run; plus provision no-op time, tunnel latency and peak memory.
+
+Hosts are the lab's plain sim hosts (real sshd, LogLevel VERBOSE) in their own lab (prefix ``gpb``), so SSH
+connections and exec requests per host are counted from each host's sshd log. Peers are installed into
+throwaway venvs under /var/cache/gpuprov-bench (kept between runs). Every tool's no-op runs are timed as
+whole CLI processes (time.perf_counter around the subprocess) after one warm-up run that makes the changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PEERS = Path(os.environ.get("GPUPROV_BENCH_PEERS", "/var/cache/gpuprov-bench"))
+PEER_PINS = {"ansible": "ansible-core==2.19.14", "pyinfra": "pyinfra==3.10.0"}
+BENCH_HOME = REPO / ".gpuprov" / "bench"
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[bench] {msg}\n")
+    sys.stderr.flush()
+
+
+def ensure_peer(tool: str) -> Path:
+    venv = PEERS / tool
+    exe = venv / "bin" / ("ansible-playbook" if tool == "ansible" else "pyinfra")
+    if exe.is_file():
+        return exe
+    log(f"installing {PEER_PINS[tool]} into {venv}")
+    PEERS.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", PEER_PINS[tool]], check=True, timeout=1200)
+    return exe
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+def bring_up(n: int):  # noqa: ANN201
+    os.environ["GPUPROV_HOME"] = str(BENCH_HOME)
+    os.environ["GPUPROV_INVENTORY"] = str(BENCH_HOME / "inventory")
+    os.environ["GPUPROV_SIM_PREFIX"] = "gpb"
+    os.environ["GPUPROV_SIM_SUBNET"] = "10.232.0.0/24"
+    from gpuprov import api
+
+    lab = api.sim_lab()
+    have = lab.hosts()
+    for i in range(1, n + 1):
+        name = f"b{i}"
+        if name not in have:
+            api.sim_up(name, gpu="2x-rtx-a5000_driver-590.44.01")
+    hosts = [lab.hosts()[f"b{i}"] for i in range(1, n + 1)]
+    for h in hosts:  # the job's 4-line GPU probe, in each host's own /usr/local/bin
+        dst = Path(h.dir) / "usrlocal" / "bin" / "fake-nvidia-smi"
+        shutil.copy(HERE / "job" / "fake-nvidia-smi", dst)
+        dst.chmod(0o755)
+    return lab, hosts
+
+
+def write_inventories(lab, hosts, tmp: Path) -> dict[str, Path]:  # noqa: ANN001
+    job = json.loads((HERE / "job" / "vars.json").read_text())
+    key = str(lab.client_key)
+    kh = BENCH_HOME / "known_hosts"
+    # gpuprov
+    lines = ["bench:", "  vars:", "    user: root", f"    identity_file: {key}"]
+    lines += [f"    {k}: {json.dumps(v)}" for k, v in job.items()]
+    lines.append("  hosts:")
+    for i, h in enumerate(hosts, 1):
+        lines += [f"    {h.name}: {{address: {h.address}, host_id: {i}, host_label: {h.name}}}"]
+    (tmp / "gpuprov.yml").write_text("\n".join(lines) + "\n")
+    # ansible
+    lines = ["all:", "  hosts:"]
+    for i, h in enumerate(hosts, 1):
+        lines += [f"    {h.name}: {{ansible_host: {h.address}, ansible_user: root, ansible_ssh_private_key_file: {key}, "
+                  f"host_id: {i}, host_label: {h.name}}}"]
+    (tmp / "ansible.yml").write_text("\n".join(lines) + "\n")
+    # pyinfra
+    entries = ",\n".join(
+        f'    ("{h.address}", {{"ssh_user": "root", "ssh_key": "{key}", "ssh_known_hosts_file": "{kh}", '
+        f'"ssh_strict_host_key_checking": "yes", "host_id": {i}, "host_label": "{h.name}"}})'
+        for i, h in enumerate(hosts, 1))
+    (tmp / "pyinfra_inventory.py").write_text(f"bench = [\n{entries},\n]\n")
+    return {"gpuprov": tmp / "gpuprov.yml", "ansible": tmp / "ansible.yml", "pyinfra": tmp / "pyinfra_inventory.py"}
+
+
+def sshd_counts(hosts) -> dict[str, tuple[int, int]]:  # noqa: ANN001
+    out = {}
+    for h in hosts:
+        text = (Path(h.dir) / "sshd.log").read_text(errors="replace")
+        out[h.name] = (text.count("Accepted publickey"), text.count("Starting session: command"))
+    return out
+
+
+# --------------------------------------------------------------------------- one tool, one size
+
+
+def command_for(tool: str, inv: Path, hosts, tmp: Path) -> tuple[list[str], dict]:  # noqa: ANN001
+    env = dict(os.environ)
+    names = ",".join(h.name for h in hosts)
+    if tool == "gpuprov":
+        return [str(Path(sys.executable).parent / "invoke"), "play", str(HERE / "gpuprov" / "job.yml"), "--host", names,
+                "--inventory", str(inv)], env
+    if tool == "ansible":
+        cp = Path(tempfile.mkdtemp(prefix="cp", dir=tmp))  # a fresh ControlPath dir: a cold run, like the baseline
+        env.update(ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="False",
+                   ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp), ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),
+                   ANSIBLE_SSH_ARGS=f"-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile={BENCH_HOME / 'known_hosts'} "
+                                    "-o StrictHostKeyChecking=yes", ANSIBLE_PYTHON_INTERPRETER="auto_silent")
+        return [str(ensure_peer("ansible")), "-i", str(inv), str(HERE / "ansible" / "playbook.yml"),
+                "-f", str(min(len(hosts), 50))], env
+    return [str(ensure_peer("pyinfra")), str(inv), str(HERE / "pyinfra" / "deploy.py"), "-y", "--parallel",
+            str(len(hosts))], env
+
+
+def run_once(argv: list[str], env: dict, cwd: Path) -> tuple[float, int, float]:
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = p.communicate(timeout=1800)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {p.returncode}:\n{out.decode(errors='replace')[-3000:]}")
+    return wall, p.returncode, 0.0
+
+
+def stop_ansible_masters(tmp: Path) -> None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp) in cmd and cmd.startswith("ssh"):
+            try:
+                os.kill(int(pid), 15)
+            except OSError:
+                pass
+
+
+def bench_tool(tool: str, hosts, inv: Path, runs: int, tmp: Path) -> dict:  # noqa: ANN001
+    argv, env = command_for(tool, inv, hosts, tmp)
+    run_once(argv, env, HERE)  # warm-up: the first run makes the changes
+    stop_ansible_masters(tmp)
+    walls, rss = [], 0
+    before = sshd_counts(hosts)
+    for _ in range(runs):
+        argv, env = command_for(tool, inv, hosts, tmp)
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = p.communicate(timeout=1800)
+        walls.append(time.perf_counter() - t0)
+        if p.returncode != 0:
+            raise RuntimeError(f"{tool} exited {p.returncode}:\n{out.decode(errors='replace')[-3000:]}")
+        stop_ansible_masters(tmp)
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    after = sshd_counts(hosts)
+    n = len(hosts)
+    conns = sum(after[h.name][0] - before[h.name][0] for h in hosts) / (n * runs)
+    execs = sum(after[h.name][1] - before[h.name][1] for h in hosts) / (n * runs)
+    return {"tool": tool, "hosts": n, "median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3),
+            "max_s": round(max(walls), 3), "exec_per_host": round(execs, 2), "conn_per_host": round(conns, 2),
+            "runs": runs, "maxrss_mb_any_child": rss}
+
+
+# --------------------------------------------------------------------------- provision no-op and tunnel
+
+
+def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
+    from gpuprov import api
+    from gpuprov.provision import provision
+
+    sel = api.select_hosts(",".join(h.name for h in hosts))
+    first = provision(sel)
+    bad = [r.host for r in first if not r.ok]
+    if bad:
+        raise RuntimeError(f"provisioning failed on {bad}")
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        p = subprocess.run([str(Path(sys.executable).parent / "invoke"), "provision", "--host",
+                            ",".join(h.name for h in hosts), "--json"], cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+        walls.append(time.perf_counter() - t0)
+        recap = json.loads(p.stdout.strip().splitlines()[-1])["hosts"]
+        assert all(v["changed"] == 0 and v.get("ready") for v in recap.values()), recap
+    return {"what": "provision no-op", "hosts": len(hosts), "median_s": round(statistics.median(walls), 3),
+            "min_s": round(min(walls), 3), "max_s": round(max(walls), 3)}
+
+
+LAT_SCRIPT = r"""
+import json, sys, time, urllib.request
+n, url = int(sys.argv[1]), sys.argv[2]
+ts = []
+for _ in range(n):
+    t = time.perf_counter()
+    urllib.request.urlopen(url, timeout=10).read()
+    ts.append((time.perf_counter() - t) * 1000)
+ts.sort()
+print(json.dumps({"median_ms": ts[len(ts) // 2], "p90_ms": ts[int(len(ts) * 0.9)]}))
+"""
+
+
+def bench_tunnel(host, n: int = 300) -> dict:  # noqa: ANN001
+    from gpuprov import api
+
+    h = api.select_hosts(host.name)[0]
+    r = api.open_runner(h, api.known_hosts())
+    try:
+        direct = json.loads(r.run(["python3", "-c", LAT_SCRIPT, str(n), "http://127.0.0.1:8000/v1/models"],
+                                  timeout=300).stdout)
+    finally:
+        r.close()
+    out = {"what": "tunnel latency", "requests": n, "direct_median_ms": round(direct["median_ms"], 3)}
+    for transport in ("openssh", "paramiko"):
+        t = api.open_tunnel(h, 18900, next_free=True, transport=transport)
+        try:
+            p = subprocess.run([sys.executable, "-c", LAT_SCRIPT, str(n), f"http://127.0.0.1:{t.local_port}/v1/models"],
+                               capture_output=True, text=True, timeout=300)
+            via = json.loads(p.stdout)
+        finally:
+            t.stop()
+        out[f"{transport}_median_ms"] = round(via["median_ms"], 3)
+        out[f"{transport}_added_ms"] = round(via["median_ms"] - direct["median_ms"], 3)
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=("gpuprov", "pyinfra", "ansible"),
+         provision_sizes: list[int] | None = None) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="gpuprov-bench-"))
+    result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                "kernel": platform.release()}, "rows": [], "extra": []}
+    lab = None
+    try:
+        lab, hosts = bring_up(max(sizes))
+        for n in sizes:
+            sel = hosts[:n]
+            invs = write_inventories(lab, sel, tmp)
+            for tool in tools:
+                log(f"{tool} × {n} hosts: warm-up + {runs} runs")
+                row = bench_tool(tool, sel, invs[tool], runs if not (tool == "ansible" and n >= 50) else max(1, min(runs, 2)), tmp)
+                result["rows"].append(row)
+                log(json.dumps(row))
+        for n in provision_sizes if provision_sizes is not None else [s for s in sizes if s <= 10]:
+            log(f"provision no-op × {n}")
+            result["extra"].append(bench_provision(hosts[:n], runs))
+        log("tunnel latency")
+        result["extra"].append(bench_tunnel(hosts[0]))
+        result["ratios"] = ratios(result["rows"])
+    finally:
+        if lab is not None and not keep:
+            from gpuprov import api
+
+            api.sim_down()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    out = []
+    for n in sorted({r["hosts"] for r in rows}):
+        g = next((r for r in rows if r["tool"] == "gpuprov" and r["hosts"] == n), None)
+        for peer in ("pyinfra", "ansible"):
+            p = next((r for r in rows if r["tool"] == peer and r["hosts"] == n), None)
+            if g and p:
+                out.append({"hosts": n, "vs": peer, "ratio": round(g["median_s"] / p["median_s"], 3)})
+    return out

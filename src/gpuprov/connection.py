@@ -87,14 +87,37 @@ class KnownHosts:
     def key_name(address: str, port: int) -> str:
         return address if port == 22 else f"[{address}]:{port}"
 
-    def load(self) -> paramiko.HostKeys:
-        keys = paramiko.HostKeys()
+    _cache: dict = {}
+
+    def _entries(self) -> list:
+        """All known_hosts entries, parsed once per file version (many hosts connect in parallel)."""
+        out = []
         for f in (self.user_file, self.path):
-            if f and f.is_file():
+            if not f or not f.is_file():
+                continue
+            st = f.stat()
+            key = (str(f), st.st_mtime_ns, st.st_size)
+            with self._lock:
+                cached = KnownHosts._cache.get(key)
+            if cached is None:
+                keys = paramiko.HostKeys()
                 try:
                     keys.load(str(f))
                 except (OSError, paramiko.SSHException):
                     pass
+                cached = keys._entries  # noqa: SLF001
+                with self._lock:
+                    KnownHosts._cache = {k: v for k, v in KnownHosts._cache.items() if k[0] != str(f)}
+                    KnownHosts._cache[key] = cached
+            out.extend(cached)
+        return out
+
+    def load(self, name: str | None = None) -> paramiko.HostKeys:
+        """The known keys, or only those that can match ``name`` (a plain or hashed entry) — fast lookups."""
+        keys = paramiko.HostKeys()
+        for e in self._entries():
+            if name is None or name in e.hostnames or any(h.startswith("|1|") for h in e.hostnames):
+                keys._entries.append(e)  # noqa: SLF001
         return keys
 
     def pin(self, name: str, key: paramiko.PKey) -> None:
@@ -220,7 +243,7 @@ class SSHRunner:
                 reason = f"no answer within {self.connect_timeout:g} s" if isinstance(e, (socket.timeout, TimeoutError)) else str(e)
                 raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
         client = paramiko.SSHClient()
-        client._host_keys = self.known_hosts.load()  # noqa: SLF001 - paramiko has no public setter
+        client._host_keys = self.known_hosts.load(KnownHosts.key_name(address, port))  # noqa: SLF001
         client.set_missing_host_key_policy(self.known_hosts.policy())
         try:
             client.connect(

@@ -21,7 +21,7 @@ from .ops.files import Template
 from .playbook import Play, Task, Templar
 from .secrets import Secret, redact
 
-GATHER_ARGV_PREFIX = ["python3", "-c"]
+GATHER_ARGV_PREFIX = ["python3", "-S", "-c"]
 
 
 @dataclass
@@ -75,10 +75,16 @@ def gather_script() -> str:
 def gather(runner: Any, queries: list[dict]) -> list[dict]:
     if not queries:
         return []
-    res = runner.run(GATHER_ARGV_PREFIX + [gather_script(), json.dumps(queries)], timeout=120)
+    import ast
+
+    script = f"{gather_script()}\nmain({queries!r})\n"
+    res = runner.run(GATHER_ARGV_PREFIX + [script], timeout=120)
     if res.exit_status != 0:
         raise RemoteError(f"{runner.host.name}: state gathering failed: {res.stderr.strip()[-300:]}")
-    return json.loads(res.stdout)
+    try:
+        return ast.literal_eval(res.stdout)
+    except (ValueError, SyntaxError):
+        raise RemoteError(f"{runner.host.name}: unreadable state: {res.stdout[:200]!r}") from None
 
 
 def _plain(value: Any) -> Any:

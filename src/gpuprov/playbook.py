@@ -145,6 +145,21 @@ class Templar:
         self.env.filters["shquote"] = lambda v: __import__("shlex").quote(str(v))
         self.env.filters["to_json"] = lambda v: __import__("json").dumps(v)
         self.revealed = False
+        # compiled once, rendered per host (a 50-host run would otherwise compile each string 50 times)
+        self._templates: dict[str, jinja2.Template] = {}
+        self._exprs: dict[str, Any] = {}
+
+    def _expr(self, source: str):  # noqa: ANN202
+        f = self._exprs.get(source)
+        if f is None:
+            f = self._exprs[source] = self.env.compile_expression(source, undefined_to_none=False)
+        return f
+
+    def _template(self, source: str) -> jinja2.Template:
+        t = self._templates.get(source)
+        if t is None:
+            t = self._templates[source] = self.env.from_string(source)
+        return t
 
     def _err(self, e: Exception, task: str) -> UsageError:
         msg = str(e)
@@ -160,11 +175,11 @@ class Templar:
             try:
                 m = re.fullmatch(r"\s*\{\{(.*?)\}\}\s*", value, re.S)
                 if m and "{{" not in m.group(1):
-                    out = self.env.compile_expression(m.group(1), undefined_to_none=False)(**ctx)
+                    out = self._expr(m.group(1))(**ctx)
                     if isinstance(out, jinja2.Undefined):
                         str(out)  # raises UndefinedError naming the variable
                     return out
-                return self.env.from_string(value).render(**ctx)
+                return self._template(value).render(**ctx)
             except (jinja2.TemplateError, TypeError, ValueError) as e:
                 raise self._err(e, task) from None
         if isinstance(value, dict):
@@ -175,7 +190,7 @@ class Templar:
 
     def test(self, expr: str, ctx: Mapping[str, Any], task: str) -> bool:
         try:
-            out = self.env.compile_expression(expr, undefined_to_none=False)(**ctx)
+            out = self._expr(expr)(**ctx)
             if isinstance(out, jinja2.Undefined):
                 str(out)
             return bool(out)

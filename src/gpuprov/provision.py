@@ -147,6 +147,21 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
     if refusal:
         return ProvisionResult(host.name, plan, refused=refusal)
     gp = gp_vars(host, facts, plan)
+    import getpass
+    import os as _os
+    import socket as _socket
+
+    from .hostlock import HostLock
+
+    lock_path = plan.install_root.rsplit("/", 1)[0] + "/.gpuprov.lock"
+    owner = f"provision by {getpass.getuser()}@{_socket.gethostname()} pid {_os.getpid()}"
+    with HostLock(runner, lock_path, owner, wait=float(host.var("lock_wait", 0) or 0)):
+        return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout)
+
+
+def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout):  # noqa: ANN001, ANN202
+    from .health import wait_ready
+
     path = playbook_path()
     plays = load_playbook(path)
     templar = Templar(template_dirs(path))

@@ -309,3 +309,45 @@ def test_systemd_teardown(sim):
     out = remote("pvs", "sh", "-c", "systemctl cat gpuprov-vllm >/dev/null 2>&1 && echo unit || echo nounit; "
                                     "ls -A /opt/gpuprov; systemctl is-active gpuprov-vllm || true")
     assert out.split() == ["nounit", "hf", "inactive"]
+
+
+def test_two_runs_on_one_host_the_second_is_refused(sim):
+    """A run holds an exclusive lock on the host; a second run is refused with who holds it; a dead run's
+    lock is released with its connection."""
+    from gpuprov.connection import SSHRunner
+    from gpuprov.hostlock import HostBusy, HostLock
+
+    sim.up("pv4", gpu=A5000)
+    holder = SSHRunner(api.select_hosts("pv4")[0], api.known_hosts()).connect()
+    try:
+        with HostLock(holder, "/opt/.gpuprov.lock", "a test holding the lock"):
+            p = provision(sim, "pv4", "--json")
+            assert p.returncode == 1
+            recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["pv4"]
+            assert "another gpuprov run holds the host lock (a test holding the lock" in recap["error"]
+            assert remote("pv4", "sh", "-c", "test -e /opt/gpuprov && echo yes || echo no").strip() == "no"
+            other = SSHRunner(api.select_hosts("pv4")[0], api.known_hosts()).connect()
+            try:
+                with pytest.raises(HostBusy):
+                    HostLock(other, "/opt/.gpuprov.lock", "second").__enter__()
+            finally:
+                other.close()
+    finally:
+        holder.close()  # the connection ends: the lock is gone with it
+    assert provision(sim, "pv4").returncode == 0
+
+
+def test_names_with_shell_metacharacters_reach_the_host_quoted(sim):
+    """A model id and extra args full of shell syntax are data, never code: the plan refuses the unknown
+    model before anything runs, and quoted args land verbatim in the launcher."""
+    sim.up("pv5", gpu=A5000)
+    evil = "x/y; touch /tmp/pwned #"
+    p = provision(sim, "pv5", "--json", "-e", f"model={evil}")
+    assert p.returncode == 2
+    assert remote("pv5", "sh", "-c", "test -e /tmp/pwned && echo yes || echo no").strip() == "no"
+    p = provision(sim, "pv5", "-e", "extra_serve_args=['--seed', '$(touch /tmp/pwned2)']",
+                  "-e", "engine_env={GPUPROV_STANDIN_DELAY: '0.2'}")
+    assert p.returncode == 0, p.stdout + p.stderr  # the odd value is just a value to --seed
+    assert remote("pv5", "sh", "-c", "test -e /tmp/pwned2 && echo yes || echo no").strip() == "no"
+    launcher = remote("pv5", "cat", "/opt/gpuprov/bin/vllm-serve")
+    assert "'$(touch /tmp/pwned2)'" in launcher

@@ -364,7 +364,9 @@ class Lab:
     def _teardown(self, h: SimHost) -> None:
         d = Path(h.dir)
         if h.pid:
-            _kill_pid(h.pid, signal.SIGTERM, wait=15 if h.systemd else 3)
+            # systemd-nspawn halts the container cleanly on SIGTERM; `unshare --fork` ignores SIGTERM, and
+            # killing it (with --kill-child) ends the host's PID namespace, i.e. every process of that host
+            _kill_pid(h.pid, signal.SIGTERM if h.systemd else signal.SIGKILL, wait=15 if h.systemd else 3)
         ns_exists = Path(f"/run/netns/{h.netns}").exists()
         if ns_exists:
             pids = _run(["ip", "netns", "pids", h.netns], check=False).stdout.split()
@@ -435,7 +437,7 @@ def _kill_pid(pid: int, sig: int, wait: float) -> None:
             if done:
                 return
         except ChildProcessError:
-            if not Path(f"/proc/{pid}").exists():
+            if not _alive(pid):
                 return
         time.sleep(0.05)
     try:
@@ -443,6 +445,14 @@ def _kill_pid(pid: int, sig: int, wait: float) -> None:
         os.waitpid(pid, 0)
     except (ProcessLookupError, ChildProcessError):
         pass
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, waiting for a parent that is not us to reap it) is not alive."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def wait_for_ssh(address: str, port: int, timeout: float) -> None:

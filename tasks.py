@@ -20,6 +20,13 @@ COMMON_HELP = {
 }
 
 
+def _exit_for(outcomes):
+    """Exit non-zero with the worst error's code when any host failed."""
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise Exit(code=max(o.error.exit_code for o in failed))
+
+
 def _errors(fn):
     """Map GpuprovError to a one-line message and its exit code; never a traceback for expected failures."""
 
@@ -49,9 +56,7 @@ def probe(c, host, inventory=None, json=False, strict_host_keys=False, e=None):
     hosts = api.select_hosts(host, inventory, e or [])
     outcomes = api.probe(hosts, strict=strict_host_keys)
     (report.probe_json if json else report.probe_human)(outcomes)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        raise Exit(code=max(o.error.exit_code for o in failed))
+    _exit_for(outcomes)
 
 
 @task(
@@ -78,9 +83,7 @@ def plan(c, host=None, model=None, max_model_len=None, inventory=None, json=Fals
     hosts = api.select_hosts(host, inventory, extra) if host else [api.offline_host(facts, extra)]
     outcomes = api.plan(hosts, facts_file=facts)
     (report.plan_json if json else report.plan_human)(outcomes)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        raise Exit(code=max(o.error.exit_code for o in failed))
+    _exit_for(outcomes)
     if any(not o.value.ok for o in outcomes):
         raise Exit(code=2)
 
@@ -243,8 +246,7 @@ def status(c, host, inventory=None, json=False):
 
     outcomes = api.status(api.select_hosts(host, inventory))
     (report.status_json if json else report.status_human)(outcomes)
-    if any(not o.ok for o in outcomes):
-        raise Exit(code=max(o.error.exit_code for o in outcomes if not o.ok))
+    _exit_for(outcomes)
 
 
 @task(help={"host": HOST_HELP, "inventory": COMMON_HELP["inventory"], "f": "follow (until Ctrl-C)", "n": "lines (default 100)"})

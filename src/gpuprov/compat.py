@@ -25,9 +25,14 @@ def vtuple(v: str | float | None) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", str(v))[:4])
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=None)
+def data_file(name: str) -> Mapping[str, Any]:
+    """A YAML data file shipped in ``gpuprov/data`` (compat matrix, flag table, model catalog), read once."""
+    return yaml.safe_load(resources.files("gpuprov").joinpath(f"data/{name}").read_text())
+
+
 def matrix() -> Mapping[str, Any]:
-    return yaml.safe_load(resources.files("gpuprov").joinpath("data/compat.yml").read_text())
+    return data_file("compat.yml")
 
 
 @dataclass(frozen=True)

@@ -209,16 +209,20 @@ class HostRun:
                     return False
         return True
 
+    def _unknown_in_check_mode(self, t: Task, e: UsageError) -> bool:
+        """In check mode, results registered by skipped commands are unknown: skip what depends on them."""
+        if not self.opts.check:
+            raise e
+        self._finish(t, TaskResult(t.name, "skipped", f"depends on a result unknown in check mode ({e})"),
+                     {"skipped": True, "changed": False})
+        return True
+
     def _run_task(self, t: Task, prepared: tuple[Op, list[dict]] | None, state: list[dict] | None) -> bool:
         t0 = time.monotonic()
         try:
             run_it = t.when is None or self.templar.test(t.when, self.ctx, t.name)
         except UsageError as e:
-            if not self.opts.check:
-                raise
-            self._finish(t, TaskResult(t.name, "skipped", f"depends on a result unknown in check mode ({e})"),
-                         {"skipped": True, "changed": False})
-            return True
+            return self._unknown_in_check_mode(t, e)
         if not run_it:
             r = TaskResult(t.name, "skipped", "condition false")
             self._finish(t, r, {"skipped": True, "changed": False})
@@ -229,12 +233,7 @@ class HostRun:
         try:
             op = prepared[0] if prepared else self._build_op(t)
         except UsageError as e:
-            if not self.opts.check:
-                raise
-            # in check mode, results registered by skipped commands are unknown
-            self._finish(t, TaskResult(t.name, "skipped", f"depends on a result unknown in check mode ({e})"),
-                         {"skipped": True, "changed": False})
-            return True
+            return self._unknown_in_check_mode(t, e)
         attempts = max(1, t.retries + 1) if t.until else 1
         for attempt in range(attempts):
             if state is None or self.dirty or attempt:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Mapping
-
-import yaml
 
 from .errors import UsageError
 
@@ -46,7 +43,9 @@ class ModelSpec:
 
 @lru_cache(maxsize=1)
 def catalog() -> Mapping[str, ModelSpec]:
-    data = yaml.safe_load(resources.files("gpuprov").joinpath("data/models.yml").read_text())
+    from .compat import data_file
+
+    data = data_file("models.yml")
     names = {f.name for f in fields(ModelSpec)}
     return {k: ModelSpec(name=k, **{a: b for a, b in v.items() if a in names}) for k, v in data["models"].items()}
 

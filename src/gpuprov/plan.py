@@ -9,13 +9,9 @@ why and what would work; nothing is installed or downloaded for it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from importlib import resources
 from typing import Any, Mapping
 
-import yaml
-
-from .compat import Build, choose_build, vtuple
+from .compat import Build, choose_build, data_file, vtuple
 from .errors import UsageError
 from .facts import GPU, Facts
 from .fit import (DEFAULT_UTIL, KV_DTYPE_BYTES, MAX_AUTO_UTIL, MIN_CONTEXT, Sizing, batch_defaults, round_len, size,
@@ -25,9 +21,8 @@ from .models import ModelSpec
 from .secrets import Secret
 
 
-@lru_cache(maxsize=1)
 def flag_table() -> Mapping[str, Any]:
-    return yaml.safe_load(resources.files("gpuprov").joinpath("data/vllm_flags.yml").read_text())
+    return data_file("vllm_flags.yml")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,15 @@ from ..errors import UsageError
 from .base import Change, Command, NoOp, Op
 
 
+def argv_arg(argv, task: str) -> list[str]:  # noqa: ANN001
+    """An ``argv`` argument: a list, or a string split the way a shell would (no shell runs it)."""
+    if isinstance(argv, str):
+        argv = shlex.split(argv)
+    if not isinstance(argv, list) or not argv:
+        raise UsageError(f"task {task!r}: argv must be a non-empty list")
+    return [str(x) for x in argv]
+
+
 class CommandOp(Op):
     name = "command"
     args = {"argv": True, "creates": False, "removes": False, "timeout": False, "env": False, "chdir": False}
@@ -17,12 +26,7 @@ class CommandOp(Op):
         return "argv"
 
     def validate(self) -> None:
-        argv = self.a["argv"]
-        if isinstance(argv, str):
-            argv = shlex.split(argv)
-        if not isinstance(argv, list) or not argv:
-            raise UsageError(f"task {self.task!r}: argv must be a non-empty list")
-        self.argv = [str(x) for x in argv]
+        self.argv = argv_arg(self.a["argv"], self.task)
 
     def full_argv(self) -> list[str]:
         argv = list(self.argv)
@@ -73,12 +77,7 @@ class Read(Op):
         return "argv"
 
     def validate(self) -> None:
-        argv = self.a["argv"]
-        if isinstance(argv, str):
-            argv = shlex.split(argv)
-        if not isinstance(argv, list) or not argv:
-            raise UsageError(f"task {self.task!r}: argv must be a non-empty list")
-        self.argv = [str(x) for x in argv]
+        self.argv = argv_arg(self.a["argv"], self.task)
 
     def queries(self, ctx):
         return [{"kind": "cmd", "argv": list(ctx.argv(self.argv)), "timeout": float(self.a.get("timeout", 60))}]

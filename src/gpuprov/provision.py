@@ -34,6 +34,8 @@ class ProvisionResult:
     recap: HostRecap | None = None
     readiness: Any = None
     refused: str | None = None
+    #: the new configuration failed and the last verified one was put back and answers again
+    rolled_back: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -175,12 +177,61 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
     result = ProvisionResult(host.name, plan, recap)
     if check or not verify or recap.failed or recap.unreachable:
         return result
-    result.readiness = wait_ready(
-        runner, manager=plan.service_manager, unit=SERVICE, log=gp["log"], pidfile=gp["pidfile"],
-        port=plan.engine_port, env_file=gp["env_file"], model=plan.model, timeout=ready_timeout,
-        on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)
+    def wait() -> Any:
+        return wait_ready(
+            runner, manager=plan.service_manager, unit=SERVICE, log=gp["log"], pidfile=gp["pidfile"],
+            port=plan.engine_port, env_file=gp["env_file"], model=plan.model, timeout=ready_timeout,
+            on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)
+
+    result.readiness = wait()
+    if result.readiness.ready:
+        if recap.changed or not _has_good(runner, gp):
+            _keep_as_good(runner, gp)  # this configuration is proven: the one to return to
+    elif recap.changed and _restore_good(runner, gp):
+        # the new configuration does not start: put the last verified one back so the endpoint keeps serving
+        _restart(runner, plan, gp)
+        back = wait()
+        result.rolled_back = back.ready
     recap.execs = getattr(runner, "exec_count", 0)
     return result
+
+
+def _good_files(gp: dict) -> list[str]:
+    return [gp["launcher"], gp["env_file"], gp["unit"], f"{gp['root']}/state.json"]
+
+
+def _has_good(runner: Any, gp: dict) -> bool:
+    return runner.run(["test", "-e", gp["launcher"] + ".good"], timeout=30).ok
+
+
+def _keep_as_good(runner: Any, gp: dict) -> None:
+    """Copy the verified launcher, env file (0600 kept), unit and state aside as *.good."""
+    runner.run(["sh", "-c", 'for f in "$@"; do if [ -e "$f" ]; then cp -p "$f" "$f.good"; fi; done', "sh",
+                *_good_files(gp)], timeout=60).check()
+
+
+def _restore_good(runner: Any, gp: dict) -> bool:
+    """Put the last verified configuration back; False when there is none (a first provision)."""
+    res = runner.run(["sh", "-c", '[ -e "$1.good" ] || exit 3; for f in "$@"; do if [ -e "$f.good" ]; then '
+                      'cp -p "$f.good" "$f"; fi; done', "sh", *_good_files(gp)], timeout=60)
+    return res.ok
+
+
+def _restart(runner: Any, plan: Plan, gp: dict) -> None:
+    from .executor import gather
+    from .ops import NoOp, OpContext
+    from .ops.service import Service
+
+    args = {"name": SERVICE, "manager": plan.service_manager, "state": "restarted"}
+    if plan.service_manager == "supervisor":
+        args.update(command=[gp["launcher"]], env_file=gp["env_file"], log=gp["log"], pidfile=gp["pidfile"],
+                    supervisor=gp["supervisor"], workdir=gp["root"])
+    op = Service(args, "roll back")
+    ctx = OpContext(runner, None)
+    decision = op.check(ctx, gather(runner, op.queries(ctx)))
+    if not isinstance(decision, NoOp):
+        for cmd in decision.commands:
+            runner.run(cmd.argv, timeout=cmd.timeout)
 
 
 def provision(hosts: Sequence[Host], **kw: Any) -> list[ProvisionResult]:

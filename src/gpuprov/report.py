@@ -229,6 +229,10 @@ def provision_human(results) -> None:  # noqa: ANN001
             error(f"{r.host}: {rd.error}")
             if rd.diagnosis:
                 out.print(f"  diagnosis: {rd.diagnosis}", markup=False)
+            if r.rolled_back is not None:
+                out.print("  rolled back: the previous verified configuration is serving again" if r.rolled_back
+                          else "  roll back attempted, but the previous configuration did not come back either",
+                          markup=False)
             for line in rd.last_lines[-12:]:
                 out.print(f"  | {line}", markup=False, highlight=False)
 
@@ -243,6 +247,8 @@ def provision_json(results) -> None:  # noqa: ANN001
             d["ready"] = r.readiness.ready
             if r.readiness.diagnosis:
                 d["diagnosis"] = r.readiness.diagnosis
+        if r.rolled_back is not None:
+            d["rolled_back"] = r.rolled_back
         hosts[r.host] = d
     json_line({"hosts": hosts})
 

@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from gpuprov import api
 from gpuprov.connection import SSHRunner
+
+from ..conftest import REPO
 
 pytestmark = pytest.mark.lab
 A5000 = "2x-rtx-a5000_driver-590.44.01"
@@ -229,6 +232,53 @@ def test_real_gpu_host():
     p = subprocess.run(["invoke", "provision", "--host", target, "--json"], capture_output=True, text=True, timeout=7200)
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads(p.stdout.splitlines()[-1])["hosts"][target]["ready"] is True
+
+
+def test_a_failing_new_configuration_is_rolled_back(plain):
+    """The new engine dies at start-up (out of memory): the diagnosis is shown and the last verified
+    configuration is put back, so the endpoint keeps serving."""
+    sim, _ = plain
+    assert provision(sim, "pv1", env={"HF_TOKEN": HF_TOKEN}).returncode == 0  # the verified configuration
+    p = provision(sim, "pv1", "--json", "-e", "engine_env={GPUPROV_STANDIN_FAIL: oom}", env={"HF_TOKEN": HF_TOKEN})
+    assert p.returncode == 1
+    recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["pv1"]
+    assert recap["ready"] is False and recap["rolled_back"] is True and "out of GPU memory" in recap["diagnosis"]
+    assert "GPUPROV_STANDIN_FAIL" not in remote("pv1", "cat", "/opt/gpuprov/vllm.env")
+    s = status_of(sim, "pv1")
+    assert (s["service"], s["ready"]) == ("active", True)
+    # and the next plain run finds everything as it should be
+    recap = json.loads(provision(sim, "pv1", "--json", env={"HF_TOKEN": HF_TOKEN}).stdout.splitlines()[-1])["hosts"]["pv1"]
+    assert (recap["changed"], recap["ready"]) == (0, True)
+
+
+def test_port_taken_is_diagnosed(sim):
+    sim.up("pv6", gpu=A5000)
+    remote("pv6", "sh", "-c", "setsid -f python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null")
+    p = provision(sim, "pv6", "-e", "engine_env={GPUPROV_STANDIN_DELAY: '0.2'}")
+    assert p.returncode == 1
+    assert "port is taken" in p.stdout
+
+
+@pytest.mark.parametrize("sig,after", [(signal.SIGINT, 1.0), (signal.SIGKILL, 2.0)])
+def test_interrupted_provision_converges_on_rerun(sim, sig, after):
+    """Ctrl-C (SIGINT) or a killed client (connection gone) in the middle of installing: the host lock is
+    released with the connection and the next run converges to a verified endpoint."""
+    name = f"pvi{int(sig)}"
+    sim.up(name, gpu=A5000)
+    env = {**os.environ, **sim.env}
+    p = subprocess.Popen([sys.executable, "-m", "invoke", "provision", "--host", name], cwd=str(REPO), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(after)
+    p.send_signal(sig)
+    try:
+        p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+    q = provision(sim, name, "--json")
+    assert q.returncode == 0, q.stdout + q.stderr
+    assert json.loads(q.stdout.splitlines()[-1])["hosts"][name]["ready"] is True
+    assert json.loads(provision(sim, name, "--json").stdout.splitlines()[-1])["hosts"][name]["changed"] == 0
 
 
 def status_of(sim, name):

@@ -49,25 +49,34 @@ class Apt(Op):
 
 
 class Venv(Op):
-    """A virtual environment at ``path``, made with ``uv venv`` when ``uv`` is given, else ``python -m venv``."""
+    """A virtual environment at ``path``, made with ``uv venv`` when ``uv`` is given, else ``python -m venv``.
+
+    A marker file is written last: a venv whose creation was interrupted (Ctrl-C, lost connection) has no
+    marker and is made again from scratch instead of being trusted half-built.
+    """
 
     name = "venv"
     args = {"path": True, "python": False, "uv": False, "env": False}
+    MARKER = ".gpuprov-complete"
 
     def queries(self, ctx):
-        return [{"kind": "pip", "venv": str(self.a["path"])}]
+        return [{"kind": "stat", "path": f"{self.a['path']}/{self.MARKER}"}]
 
     def check(self, ctx, state):
-        if state[0].get("exists"):
-            return NoOp(f"venv {self.a['path']} exists")
         path = str(self.a["path"])
+        if state[0].get("exists"):
+            return NoOp(f"venv {path} exists")
         if self.a.get("uv"):
             env = ["env", *[f"{k}={v}" for k, v in (self.a.get("env") or {}).items()]]
             argv = env + [str(self.a["uv"]), "venv", "--quiet", "--python", str(self.a.get("python") or "3"), path]
         else:
             argv = [str(self.a.get("python") or "python3"), "-m", "venv", path]
-        return Change(f"create venv {path}", (Command(ctx.argv(["mkdir", "-p", "--", path.rsplit("/", 1)[0] or "/"])),
-                                              Command(ctx.argv(argv), timeout=600, label="venv")))
+        return Change(f"create venv {path}", (
+            Command(ctx.argv(["rm", "-rf", "--", path]), label="remove a half-made venv"),
+            Command(ctx.argv(["mkdir", "-p", "--", path.rsplit("/", 1)[0] or "/"])),
+            Command(ctx.argv(argv), timeout=600, label="venv"),
+            Command(ctx.argv(["touch", "--", f"{path}/{self.MARKER}"]), label="mark complete"),
+        ))
 
 
 class Pip(Op):

@@ -314,6 +314,8 @@ class HostRun:
         r.msg = self._redact(r.msg)
         r.task = self._title(t)
         self.recap.count(r)
+        if r.status == "failed" and not self.recap.error:
+            self.recap.error = f"task {r.task!r} failed: {r.msg}"
         if t.register:
             self.ctx[t.register] = result
         self._event(t, r)

@@ -96,8 +96,10 @@ class HostRun:
     """One play on one host."""
 
     def __init__(self, play: Play, host: Host, runner: Any, facts: Any, extra_ctx: Mapping[str, Any],
-                 templar: Templar, opts: RunOptions):
+                 templar: Templar, opts: RunOptions, work_lock: str | None = None):
         self.play, self.host, self.runner, self.facts = play, host, runner, facts
+        #: a file every applied command holds a shared flock on (see gpuprov.hostlock)
+        self.work_lock = work_lock
         self.templar, self.opts = templar, opts
         self.recap = HostRecap(host.name)
         self.ctx: dict[str, Any] = {**{k: v for k, v in play.vars.items()}}
@@ -258,7 +260,10 @@ class HostRun:
                 outputs = []
                 failed_msg = None
                 for cmd in decision.commands:
-                    res = self.runner.run(cmd.argv, stdin=cmd.stdin, timeout=cmd.timeout)
+                    argv = cmd.argv
+                    if self.work_lock:
+                        argv = ("flock", "-s", "-o", self.work_lock, *argv)
+                    res = self.runner.run(argv, stdin=cmd.stdin, timeout=cmd.timeout)
                     outputs.append(res)
                     if res.exit_status != 0 and t.failed_when is None:
                         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])

@@ -451,11 +451,16 @@ def facts_from_probe(host: str, raw: Mapping[str, Any], sftp: bool | None = None
     installed: dict[str, Any] = {}
     import json
 
-    for root, text in (raw.get("state") or {}).items():
+    state = raw.get("state") or {}
+    for root, text in state.items():
+        if root.endswith(":good"):
+            continue
         try:
             installed[root] = json.loads(text)
         except ValueError:
             installed[root] = {"unreadable": True}
+        # a verified configuration is kept beside it (*.good) for roll-back
+        installed[root]["_good"] = f"{root}:good" in state
     return Facts(
         host=host,
         hostname=raw.get("hostname"),

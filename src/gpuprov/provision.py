@@ -155,13 +155,17 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
 
     from .hostlock import HostLock
 
-    lock_path = plan.install_root.rsplit("/", 1)[0] + "/.gpuprov.lock"
+    base = plan.install_root.rsplit("/", 1)[0] or "/"
     owner = f"provision by {getpass.getuser()}@{_socket.gethostname()} pid {_os.getpid()}"
-    with HostLock(runner, lock_path, owner, wait=float(host.var("lock_wait", 0) or 0)):
-        return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout)
+    work_lock = f"{base}/.gpuprov.work.lock" if facts.tools.get("flock") else None
+    with HostLock(runner, f"{base}/.gpuprov.lock", owner, wait=float(host.var("lock_wait", 0) or 0),
+                  work_lock=work_lock):
+        return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,
+                           work_lock)
 
 
-def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout):  # noqa: ANN001, ANN202
+def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,  # noqa: ANN001, ANN202
+                work_lock=None):
     from .health import wait_ready
 
     path = playbook_path()
@@ -171,7 +175,7 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
     extra = {"plan": plan.to_json(), "facts": facts.to_json(), "gp": gp}
     recap = None
     for p in plays:
-        r = HostRun(p, host, runner, facts, extra, templar, opts).run()
+        r = HostRun(p, host, runner, facts, extra, templar, opts, work_lock).run()
         recap = r if recap is None else recap
     assert recap is not None
     result = ProvisionResult(host.name, plan, recap)
@@ -185,7 +189,7 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
 
     result.readiness = wait()
     if result.readiness.ready:
-        if recap.changed or not _has_good(runner, gp):
+        if recap.changed or not facts.installed.get(gp["root"], {}).get("_good"):
             _keep_as_good(runner, gp)  # this configuration is proven: the one to return to
     elif recap.changed and _restore_good(runner, gp):
         # the new configuration does not start: put the last verified one back so the endpoint keeps serving
@@ -198,10 +202,6 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
 
 def _good_files(gp: dict) -> list[str]:
     return [gp["launcher"], gp["env_file"], gp["unit"], f"{gp['root']}/state.json"]
-
-
-def _has_good(runner: Any, gp: dict) -> bool:
-    return runner.run(["test", "-e", gp["launcher"] + ".good"], timeout=30).ok
 
 
 def _keep_as_good(runner: Any, gp: dict) -> None:

@@ -119,7 +119,8 @@ def user():
 
 
 def tools():
-    return {t: shutil.which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl", "nvidia-smi")}
+    return {t: shutil.which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl", "nvidia-smi",
+                                         "flock")}
 
 
 def nvml():
@@ -180,6 +181,8 @@ def state():
         text = read(root + "/state.json")
         if text:
             out[root] = text
+            if os.path.exists(root + "/bin/vllm-serve.good"):
+                out[root + ":good"] = "true"
     return out
 
 

@@ -112,7 +112,7 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
         "fetch_script_local": str(resources.files("gpuprov.ops").joinpath("fetch_weights.py")),
         "weights_marker": f"{plan.hf_home}/.gpuprov/{plan.model.replace('/', '--')}.done",
         "weights_timeout": int(host.var("weights_timeout", 7200)),
-        "min_free_gib": round((plan.model_gib or 0) * 1.05, 1),
+        "min_free_gib": float(host.var("weights_min_free_gib", round((plan.model_gib or 0) * 1.05, 1))),
         "state_json": json.dumps(state, indent=1, sort_keys=True) + "\n",
     }
 

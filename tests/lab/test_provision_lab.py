@@ -281,6 +281,23 @@ def test_interrupted_provision_converges_on_rerun(sim, sig, after):
     assert json.loads(provision(sim, name, "--json").stdout.splitlines()[-1])["hosts"][name]["changed"] == 0
 
 
+def test_disk_full_during_the_download_fails_cleanly_and_converges_later(sim):
+    """HF_HOME on a 4 MiB filesystem (the pre-download free-space check turned off with a var, so the disk
+    really fills mid-download): the run fails with the fetcher's reason, the engine is not started on
+    half-downloaded weights, and once there is room the next run converges."""
+    sim.up("pv7", gpu=A5000)
+    remote("pv7", "sh", "-c", "mkdir -p /opt/gpuprov/hf && mount -t tmpfs -o size=4m tmpfs /opt/gpuprov/hf")
+    p = provision(sim, "pv7", "--json", "-e", "weights_min_free_gib=0")
+    assert p.returncode == 1
+    recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["pv7"]
+    assert "weights download failed" in recap["error"] and "No space left on device" in recap["error"]
+    assert remote("pv7", "sh", "-c", "ls /opt/gpuprov/bin/vllm-serve 2>/dev/null || echo none").strip() == "none"
+    remote("pv7", "umount", "/opt/gpuprov/hf")
+    p = provision(sim, "pv7", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["hosts"]["pv7"]["ready"] is True
+
+
 def status_of(sim, name):
     p = sim.cli("status", "--host", name, "--json")
     assert p.returncode == 0, p.stderr

@@ -113,3 +113,14 @@ def test_bad_playbooks_are_clear_errors(hosts, tmp_path):
             assert needle in str(e), (needle, str(e))
             continue
         assert rec.failed and needle in (rec.error or ""), (needle, rec.error)
+
+
+def test_wait_for_reports_ok_or_fails_with_the_reason(hosts, tmp_path):
+    pb = tmp_path / "wait.yml"
+    pb.write_text(
+        "- name: waits\n  hosts: all\n  tasks:\n"
+        "    - name: sshd is there\n      wait_for: {host: 127.0.0.1, port: 22, timeout: 5}\n"
+        "    - name: nothing listens here\n      wait_for: {host: 127.0.0.1, port: 9, timeout: 1}\n")
+    rec = api.play(pb, api.select_hosts("p7"))[0]
+    assert [(r.task, r.status) for r in rec.results] == [("sshd is there", "ok"), ("nothing listens here", "failed")]
+    assert rec.changed == 0 and "not ready after 1.0s" in rec.results[1].msg

@@ -20,7 +20,10 @@ from .inventory import Host, Inventory, parse_extra_vars
 from .probe import run_probe
 
 T = TypeVar("T")
-MAX_PARALLEL = 64
+import os as _os
+
+#: hosts worked on at once (one thread and one SSH connection each); GPUPROV_PARALLEL overrides
+MAX_PARALLEL = int(_os.environ.get("GPUPROV_PARALLEL", "64"))
 
 
 @dataclass(frozen=True)

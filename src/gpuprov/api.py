@@ -6,6 +6,7 @@ failures: one host's error is recorded in its ``HostOutcome`` and never stops th
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,10 +21,8 @@ from .inventory import Host, Inventory, parse_extra_vars
 from .probe import run_probe
 
 T = TypeVar("T")
-import os as _os
-
 #: hosts worked on at once (one thread and one SSH connection each); GPUPROV_PARALLEL overrides
-MAX_PARALLEL = int(_os.environ.get("GPUPROV_PARALLEL", "64"))
+MAX_PARALLEL = int(os.environ.get("GPUPROV_PARALLEL", "64"))
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,6 @@ def probe(hosts: Iterable[Host], strict: bool = False) -> list[HostOutcome]:
 def resolve_model(name: str, timeout: float = 20.0):  # noqa: ANN201 - (ModelSpec | None, error | None)
     """Catalog → local folder with config.json → the hub (HF_TOKEN from the environment; honours HF_ENDPOINT)."""
     import json
-    import os
 
     from . import models
 
@@ -199,8 +197,6 @@ def forget_host(host: Host) -> bool:
 
 
 def sim_lab():  # noqa: ANN201
-    import os
-
     from .sim.lab import Lab
 
     return Lab(

@@ -87,11 +87,6 @@ def gather(runner: Any, queries: list[dict]) -> list[dict]:
         raise RemoteError(f"{runner.host.name}: unreadable state: {res.stdout[:200]!r}") from None
 
 
-def _plain(value: Any) -> Any:
-    """Vars for templates: Secret stays Secret (renders ***), everything else as is."""
-    return value
-
-
 class HostRun:
     """One play on one host."""
 
@@ -103,7 +98,7 @@ class HostRun:
         self.templar, self.opts = templar, opts
         self.recap = HostRecap(host.name)
         self.ctx: dict[str, Any] = {**{k: v for k, v in play.vars.items()}}
-        self.ctx.update({k: _plain(v.value) for k, v in host.vars.items()})
+        self.ctx.update({k: v.value for k, v in host.vars.items()})  # a Secret stays a Secret (renders ***)
         self.ctx.update(extra_ctx)
         self.ctx["inventory_hostname"] = host.name
         self.ctx["check_mode"] = opts.check

@@ -223,8 +223,9 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
                 return Readiness(True, time.monotonic() - prog.started, comp)
             return Readiness(False, time.monotonic() - prog.started, comp, error=f"/health is 200 but a completion "
                              f"failed: {comp.get('error')}", last_lines=prog.lines[-20:])
-        crashed = svc.get("active") in ("failed", "inactive") or (svc.get("restarts", 0) > (seen_restarts or 0))
-        if crashed and (diagnose(prog.lines) or svc.get("active") == "failed" or svc.get("restarts", 0) > (seen_restarts or 0)):
+        restarted = svc.get("restarts", 0) > (seen_restarts or 0)
+        # a failed unit, an engine the supervisor had to restart, or a stopped one whose log says why
+        if svc.get("active") == "failed" or restarted or (svc.get("active") == "inactive" and diagnose(prog.lines)):
             return Readiness(False, time.monotonic() - prog.started, error="the engine exited during start-up",
                              diagnosis=diagnose(prog.lines), last_lines=prog.lines[-20:])
         text = prog.render()

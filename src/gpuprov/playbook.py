@@ -144,7 +144,6 @@ class Templar:
         self.env.filters["reveal"] = lambda v: v.reveal() if isinstance(v, Secret) else v
         self.env.filters["shquote"] = lambda v: __import__("shlex").quote(str(v))
         self.env.filters["to_json"] = lambda v: __import__("json").dumps(v)
-        self.revealed = False
         # compiled once, rendered per host (a 50-host run would otherwise compile each string 50 times)
         self._templates: dict[str, jinja2.Template] = {}
         self._exprs: dict[str, Any] = {}

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-POLL_SCRIPT = r"""
-import json, os, subprocess, sys, urllib.request, urllib.error
+from .status import REMOTE_HELPERS
+
+POLL_SCRIPT = REMOTE_HELPERS + r"""
+import subprocess, sys
 a = json.loads(sys.argv[1])
 out = {"lines": [], "pos": a["pos"], "health": None, "service": None}
 if a["manager"] == "systemd":
@@ -45,28 +47,10 @@ else:
         out["pos"] = pos
     except OSError:
         pass
-    st = {}
-    try:
-        with open(a["pidfile"] + ".state") as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        pass
-    alive = False
-    try:
-        with open(a["pidfile"]) as f:
-            os.kill(int(f.read().strip()), 0)
-            alive = True
-    except (OSError, ValueError):
-        pass
+    alive, st = supervisor_state(a["pidfile"])
     out["service"] = {"active": "active" if alive else "inactive", "restarts": st.get("restarts", 0),
                       "last_exit": st.get("last_exit")}
-try:
-    with urllib.request.urlopen("http://127.0.0.1:%d/health" % a["port"], timeout=3) as r:
-        out["health"] = r.status
-except urllib.error.HTTPError as e:
-    out["health"] = e.code
-except OSError:
-    out["health"] = None
+out["health"] = http_status(a["port"])
 print(json.dumps(out))
 """
 

@@ -8,8 +8,42 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATUS_SCRIPT = r"""
-import json, os, subprocess, time, urllib.request, urllib.error
+# Shared by the remote status script and the readiness poll (health.py): how gpuprov's supervisor and the
+# engine's HTTP endpoints look from the host itself.
+REMOTE_HELPERS = r"""
+import json, os, urllib.request, urllib.error
+
+
+def supervisor_state(pidfile):
+    # (alive, state) of gpuprov's supervisor: its pid file names a live process; pid.state is its JSON
+    st = {}
+    try:
+        with open(pidfile + ".state") as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        pass
+    alive = False
+    try:
+        with open(pidfile) as f:
+            os.kill(int(f.read().strip()), 0)
+            alive = True
+    except (OSError, ValueError):
+        pass
+    return alive, st
+
+
+def http_status(port, path="/health"):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+"""
+
+STATUS_SCRIPT = REMOTE_HELPERS + r"""
+import subprocess, time
 out = {"installed": False}
 for root in ("/workspace/gpuprov", "/opt/gpuprov"):
     try:
@@ -39,19 +73,7 @@ if out["installed"]:
         out["service"] = {"state": active, "restarts": int(props.get("NRestarts") or 0), "uptime_s": up,
                           "pid": int(props.get("MainPID") or 0) or None, "loaded": props.get("LoadState")}
     else:
-        s = {}
-        try:
-            with open(st["pidfile"] + ".state") as f:
-                s = json.load(f)
-        except (OSError, ValueError):
-            pass
-        alive = False
-        try:
-            with open(st["pidfile"]) as f:
-                os.kill(int(f.read().strip()), 0)
-                alive = True
-        except (OSError, ValueError):
-            pass
+        alive, s = supervisor_state(st["pidfile"])
         if alive and s.get("child"):
             state = "active"
         elif alive:
@@ -62,13 +84,7 @@ if out["installed"]:
         out["service"] = {"state": state, "restarts": s.get("restarts", 0), "uptime_s": up, "pid": s.get("child"),
                           "last_exit": s.get("last_exit")}
     port = st.get("engine_port", 8000)
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=3) as r:
-            out["health"] = r.status
-    except urllib.error.HTTPError as e:
-        out["health"] = e.code
-    except OSError:
-        out["health"] = None
+    out["health"] = http_status(port)
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d/version" % port, timeout=3) as r:
             out["version"] = json.loads(r.read()).get("version")

@@ -355,16 +355,18 @@ def forget_host(c, host, inventory=None):
         "gpu": "GPU persona: a recorded nvidia-smi -q -x file or its name, or 'none'",
         "systemd": "boot a real systemd in an nspawn container (VM-like); default is a RunPod-like host",
         "gpu_mode": "make the stand-in nvidia-smi fail: no-driver | mismatch",
+        "engine": "standin (default: a small stand-in vllm) | real (the real vLLM 0.32.0 CPU build and a tiny model)",
     }
 )
 @_errors
-def sim_up(c, name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=False, gpu_mode=""):
+def sim_up(c, name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=False, gpu_mode="", engine="standin"):
     """Start a simulated GPU host (real sshd in its own network namespace; the GPU is a stand-in)."""
     from gpuprov import api, report
 
-    h = api.sim_up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode)
+    h = api.sim_up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode, engine=engine)
     report.note(f"{h.name}: up at {h.address} ({'systemd' if h.systemd else 'plain'}, GPU persona "
-                f"{'none' if h.gpu == 'none' else h.gpu.rsplit('/', 1)[-1]}); try `invoke probe --host {h.name}`")
+                f"{'none' if h.gpu == 'none' else h.gpu.rsplit('/', 1)[-1]}"
+                f"{', real vLLM CPU engine' if h.engine == 'real' else ''}); try `invoke probe --host {h.name}`")
 
 
 @task(help={"name": "one host (default: all)"})

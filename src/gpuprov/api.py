@@ -98,8 +98,9 @@ def probe(hosts: Iterable[Host], strict: bool = False) -> list[HostOutcome]:
 # --------------------------------------------------------------------------- plan
 
 
-def resolve_model(name: str, timeout: float = 20.0):  # noqa: ANN201 - (ModelSpec | None, error | None)
-    """Catalog → local folder with config.json → the hub (HF_TOKEN from the environment; honours HF_ENDPOINT)."""
+def resolve_model(name: str, timeout: float = 20.0, endpoint: str | None = None):  # noqa: ANN201
+    """(ModelSpec | None, error | None): catalog → local folder with config.json → the hub (HF_TOKEN from the
+    environment; the host's ``hf_endpoint`` var, else HF_ENDPOINT)."""
     import json
 
     from . import models
@@ -122,14 +123,14 @@ def resolve_model(name: str, timeout: float = 20.0):  # noqa: ANN201 - (ModelSpe
         from huggingface_hub.utils import HfHubHTTPError
 
         token = os.environ.get("HF_TOKEN") or None
-        cfg_path = hf_hub_download(name, "config.json", token=token, etag_timeout=timeout)
+        cfg_path = hf_hub_download(name, "config.json", token=token, etag_timeout=timeout, endpoint=endpoint)
         cfg = json.loads(Path(cfg_path).read_text())
         index, size = None, None
         try:
             index = json.loads(Path(hf_hub_download(name, "model.safetensors.index.json", token=token,
-                                                    etag_timeout=timeout)).read_text())
+                                                    etag_timeout=timeout, endpoint=endpoint)).read_text())
         except Exception:  # noqa: BLE001 - single-file checkpoints have no index
-            info = HfApi(token=token).model_info(name, files_metadata=True, timeout=timeout)
+            info = HfApi(token=token, endpoint=endpoint).model_info(name, files_metadata=True, timeout=timeout)
             size = sum(s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors")) or None
         return models.from_config(name, cfg, index, size), None
     except GpuprovError as e:
@@ -147,7 +148,7 @@ def plan_for(host: Host, facts: Facts):  # noqa: ANN201
     from .plan import engine_vars, make_plan
 
     ev = engine_vars(host)  # validates vars before any network use
-    spec, err = resolve_model(ev.model)
+    spec, err = resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None)
     return make_plan(facts, host, spec, err)
 
 
@@ -206,12 +207,13 @@ def sim_lab():  # noqa: ANN201
     )
 
 
-def sim_up(name: str, gpu: str = "none", systemd: bool = False, gpu_mode: str = "", workspace: bool = False):  # noqa: ANN201
+def sim_up(name: str, gpu: str = "none", systemd: bool = False, gpu_mode: str = "", workspace: bool = False,  # noqa: ANN201
+           engine: str = "standin"):
     """Start a simulated host, pin its (lab-made) host key, and add it to ``inventory/sim.yml``."""
     import paramiko
 
     lab = sim_lab()
-    h = lab.up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode, workspace=workspace)
+    h = lab.up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode, workspace=workspace, engine=engine)
     kh = known_hosts()
     kh.forget(h.address, 22)
     kh.pin(h.address, paramiko.Ed25519Key(data=_b64(lab.host_public_key(name))))

@@ -80,7 +80,9 @@ except Exception as e:
     print(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}))
 """
 
-PHASES = [
+PHASES = [  # in startup order; the lines of vLLM 0.26–0.33 (shared/research/real-engine-cpu-startup.log)
+    ("config", re.compile(r"Resolved architecture: ")),
+    ("engine", re.compile(r"Initializing a V1 LLM engine")),
     ("download", re.compile(r"Time spent downloading weights")),
     ("load", re.compile(r"Loading safetensors checkpoint shards(?: \(eager\))?:\s+(\d+)% Completed \| (\d+)/(\d+)")),
     ("load", re.compile(r"Initializing model took")),
@@ -88,9 +90,16 @@ PHASES = [
     ("compile", re.compile(r"torch\.compile take?s? [\d.]+ ?s in total|saved AOT compiled function|Compiling a graph")),
     ("kv", re.compile(r"KV cache size: ([\d,]+) tokens")),
     ("graphs", re.compile(r"Capturing CUDA graphs|Graph capturing finished")),
+    ("server", re.compile(r"Starting vLLM (?:API )?server on")),
     ("ready", re.compile(r"Application startup complete")),
 ]
 CHECKPOINT = re.compile(r"Checkpoint size: ([\d.]+) GiB")
+
+LIBRARY_FIX = {
+    "libnuma.so.1": "apt-get install libnuma1 (vLLM's CPU kernels and NUMA binding use it)",
+    "libcuda.so.1": "the NVIDIA driver's user-space library is missing — a container started without GPU access "
+                    "(RunPod/docker: --gpus all) or a driver install without its libraries",
+}
 
 DIAGNOSES = [
     (re.compile(r"estimated maximum model length is (\d+)"),
@@ -106,6 +115,12 @@ DIAGNOSES = [
                "(tensor_parallel_size)"),
     (re.compile(r"unrecognized arguments: (.+)"),
      lambda m: f"this vLLM version does not know {m.group(1).strip()}: remove it from extra_serve_args"),
+    (re.compile(r"vllm serve: error: argument (--[\w-]+)(?:/-\S+)?: (.+)"),
+     lambda m: f"vllm serve rejected {m.group(1)}: {m.group(2).strip()} — fix its value in extra_serve_args (or "
+               "the var that sets it)"),
+    (re.compile(r"(lib[\w+-]+\.so[.\d]*): cannot open shared object file"),
+     lambda m: f"the engine needs the system library {m.group(1)}, which this host lacks: "
+               f"{LIBRARY_FIX.get(m.group(1), 'install the package that provides it')}, then provision again"),
     (re.compile(r"error while attempting to bind on address|Address already in use"),
      lambda m: "the engine's port is taken by another process: free it or set engine_port"),
     (re.compile(r"(?:401|403).*(?:gated|restricted)|Cannot access gated repo"),
@@ -152,9 +167,10 @@ class Progress:
         secs = time.monotonic() - self.started
         if self.phase == "ready":
             return f"[OK] MODEL READY (loaded in {secs:.0f}s)"
-        labels = {"starting": "starting engine", "download": "downloading weights", "load": "loading weights",
+        labels = {"starting": "starting engine", "config": "reading the model config",
+                  "engine": "starting the engine core", "download": "downloading weights", "load": "loading weights",
                   "loaded": "weights loaded", "compile": "compiling", "kv": "allocating KV cache",
-                  "graphs": "capturing CUDA graphs"}
+                  "graphs": "capturing CUDA graphs", "server": "starting the API server"}
         bar = ""
         if self.phase == "load" and self.percent is not None:
             filled = self.percent * 8 // 100

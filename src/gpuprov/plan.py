@@ -8,6 +8,7 @@ why and what would work; nothing is installed or downloaded for it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -23,6 +24,23 @@ from .secrets import Secret
 
 def flag_table() -> Mapping[str, Any]:
     return data_file("vllm_flags.yml")
+
+
+_HELP_OPTION = re.compile(r"^  (-\S.*?)(?:\s{2,}|$)")
+
+
+def parse_serve_help(text: str) -> dict[str, bool]:
+    """``vllm serve --help=all`` → {long flag: takes a value}. argparse prints each option at a two-space indent
+    (``  --max-model-len MAX_MODEL_LEN``, ``  --enable-x, --no-enable-x``); descriptions are indented further."""
+    flags: dict[str, bool] = {}
+    for line in text.splitlines():
+        m = _HELP_OPTION.match(line)
+        if m:
+            for part in m.group(1).split(", "):
+                name, *metavar = part.split(None, 1)
+                if name.startswith("--"):
+                    flags[name] = bool(metavar)
+    return flags
 
 
 @dataclass(frozen=True)
@@ -88,7 +106,7 @@ class EngineVars:
     engine_port: int
     api_key: Secret | None
     extra_serve_args: tuple[str, ...]
-    extra_env: Mapping[str, str]
+    engine_env: Mapping[str, str]
     gpu_indices: tuple[int, ...] | None
     served_model_name: str | None
     enforce_eager: bool
@@ -133,9 +151,9 @@ def engine_vars(host: Host) -> EngineVars:
         extra = shlex.split(extra)
     if not isinstance(extra, list) or not all(isinstance(x, (str, int, float)) for x in extra):
         raise UsageError("extra_serve_args must be a list of strings")
-    env = v("extra_env") or {}
+    env = v("engine_env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and k.isidentifier() for k in env):
-        raise UsageError("extra_env must be a mapping of NAME: value")
+        raise UsageError(f"engine_env must be a mapping of NAME: value, got {env!r}")
     gpus = v("gpu_indices")
     if gpus is not None:
         if isinstance(gpus, int):
@@ -159,7 +177,7 @@ def engine_vars(host: Host) -> EngineVars:
         engine_port=port or 8000,
         api_key=key,
         extra_serve_args=tuple(str(x) for x in extra),
-        extra_env={k: str(x) for k, x in env.items()},
+        engine_env={k: str(x) for k, x in env.items()},
         gpu_indices=tuple(gpus) if gpus is not None else None,
         served_model_name=v("served_model_name"),
         enforce_eager=bool(v("enforce_eager", False)),
@@ -347,8 +365,10 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
     warnings += flag_warnings
     if attention is None:
         why.append("attention backend: vLLM " + build.vllm_version + " picks it by itself")
-    env = {"HF_HOME": hf_home, "VLLM_CACHE_ROOT": f"{root}/vllm-cache", "VLLM_NO_USAGE_STATS": "1",
-           "VLLM_DO_NOT_TRACK": "1", "VLLM_DISABLE_LOG_LOGO": "1", **build.env, **ev.extra_env}
+    # HF_HUB_OFFLINE: gpuprov downloads the weights before the engine starts, so a restart never waits on (or
+    # fails with) the hub; engine_env can set it to "0" for models that fetch more files at start.
+    env = {"HF_HOME": hf_home, "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": f"{root}/vllm-cache", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_DO_NOT_TRACK": "1", "VLLM_DISABLE_LOG_LOGO": "1", **build.env, **ev.engine_env}
     if ev.gpu_indices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in gpus)
     bound_public = ev.engine_host not in ("127.0.0.1", "localhost", "::1")

@@ -78,12 +78,6 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
     env = dict(plan.env)
     if host.var("hf_endpoint"):
         env["HF_ENDPOINT"] = str(host.var("hf_endpoint"))
-    extra_env = host.var("engine_env") or {}
-    if not isinstance(extra_env, dict):
-        from .errors import UsageError
-
-        raise UsageError(f"engine_env must be a mapping of NAME: value, got {extra_env!r}")
-    env.update({str(k): str(v) for k, v in extra_env.items()})
     hf_token = os.environ.get("HF_TOKEN") or None
     api_key = api_key_for(host, plan)
     launcher = f"{root}/bin/vllm-serve"

@@ -245,6 +245,8 @@ def provision_json(results) -> None:  # noqa: ANN001
             d.update(failed=1, refused=r.refused)
         if r.readiness is not None:
             d["ready"] = r.readiness.ready
+            if r.readiness.error:
+                d["error"] = r.readiness.error
             if r.readiness.diagnosis:
                 d["diagnosis"] = r.readiness.diagnosis
         if r.rolled_back is not None:

@@ -73,7 +73,7 @@ def test_more_gpus_more_context():
         ({"model": ""}, "model must be"),
         ({"model": "a\nb"}, "model must be"),
         ({"gpu_indices": ["zero"]}, "gpu_indices"),
-        ({"extra_env": {"BAD-NAME": "x"}}, "extra_env"),
+        ({"engine_env": {"BAD-NAME": "x"}}, "engine_env"),
     ],
 )
 def test_absurd_vars_are_refused(vars, needle):

@@ -22,7 +22,8 @@ def test_real_startup_log_reaches_ready_through_the_phases():
         if not seen or seen[-1] != p.phase:
             seen.append(p.phase)
     assert p.phase == "ready" and p.kv_tokens == 1_048_576 and p.percent == 100
-    assert seen.index("load") < seen.index("loaded") < seen.index("kv") < seen.index("ready")
+    assert (seen.index("config") < seen.index("engine") < seen.index("load") < seen.index("loaded")
+            < seen.index("kv") < seen.index("server") < seen.index("ready"))
     assert p.render().startswith("[OK] MODEL READY")
 
 
@@ -45,8 +46,14 @@ def test_progress_bar_text():
         ("RuntimeError: The NVIDIA driver on your system is too old (found version 12040).", "driver is too old"),
         ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.", "out of GPU memory"),
         ("vllm serve: error: unrecognized arguments: --disable-log-requests", "does not know --disable-log-requests"),
+        ("vllm: error: unrecognized arguments: --no-such-flag", "does not know --no-such-flag"),  # 0.32.0's wording
+        ("vllm serve: error: argument --max-num-seqs: invalid int value: 'lots'",
+         "vllm serve rejected --max-num-seqs: invalid int value: 'lots'"),
         ("OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8000): address already in use",
          "port is taken"),
+        ("WARNING [cpu.py:644] Failed to import from vllm._C: ImportError('libnuma.so.1: cannot open shared object "
+         "file: No such file or directory')", "apt-get install libnuma1"),
+        ("ImportError: libcuda.so.1: cannot open shared object file", "--gpus all"),
         ("Cannot access gated repo for url https://example/x. Access to model meta-llama/X is restricted.", "gated"),
     ],
 )

@@ -67,7 +67,7 @@ def cmd_start(a):
     os.dup2(logfd, 1)
     os.dup2(logfd, 2)
     env = read_env(a.env_file)
-    for k in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+    for k in ("HF_TOKEN", "HF_ENDPOINT"):  # not HF_HUB_OFFLINE: that one is for the engine
         if env.get(k):
             os.environ[k] = env[k]
     os.environ["HF_HOME"] = a.hf_home

@@ -33,9 +33,12 @@ from ..errors import LabError
 from ..facts import cc_from_name, parse_smi_xml
 
 ROOTFS_CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim"))
-ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,python3-venv,curl,ca-certificates,procps"
-ROOTFS_VERSION = "bookworm-v1"
+# libnuma1: the real vLLM CPU build's kernels link it (a VM image that runs vLLM has it; minbase does not)
+ROOTFS_PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,python3-venv,curl,ca-certificates,"
+                   "procps,libnuma1")
+ROOTFS_VERSION = "bookworm-v2"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+ENGINES = ("standin", "real")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class SimHost:
     dir: str
     gpu_mode: str = ""
     workspace: bool = False
+    engine: str = "standin"  # or "real": the lab serves it the real vLLM CPU build (real_engine.py)
 
 
 def _run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -182,6 +186,21 @@ class Lab:
                 pass
             pidfile.unlink()
 
+    def ensure_real_engine(self) -> None:
+        """Serve the real vLLM CPU build at /real/simple and the tiny model on the hub (built once, cached)."""
+        from . import real_engine
+        from .content import third_party_wheels
+
+        root = self.dir / "services"
+        real = root / "real-wheels"
+        real.mkdir(parents=True, exist_ok=True)
+        for w in [*real_engine.wheelhouse().iterdir(), *third_party_wheels()]:
+            if w.suffix in (".whl", ".sha256") and not (real / w.name).exists():
+                (real / w.name).symlink_to(w)
+        model = root / "hub" / real_engine.MODEL_ID
+        if not (model / "config.json").is_file():
+            shutil.copytree(real_engine.model_repo(), model, dirs_exist_ok=True)
+
     def _make_netns(self, h: SimHost, peer: str) -> None:
         _run(["ip", "netns", "add", h.netns])
         _run(["ip", "link", "add", h.veth, "type", "veth", "peer", "name", peer, "netns", h.netns])
@@ -192,7 +211,9 @@ class Lab:
 
     # ----------------------------------------------------------- up
     def up(self, name: str, gpu: str = "none", systemd: bool = False, gpu_mode: str = "",
-           workspace: bool = False, wait: float = 60) -> SimHost:
+           workspace: bool = False, engine: str = "standin", wait: float = 60) -> SimHost:
+        if engine not in ENGINES:
+            raise LabError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
         if not NAME_RE.match(name):
             raise LabError(f"sim host name {name!r}: use 1-20 lowercase letters, digits and dashes, starting with a letter")
         if os.geteuid() != 0:
@@ -210,10 +231,12 @@ class Lab:
                 shutil.rmtree(hdir)
             hdir.mkdir(parents=True)
             h = SimHost(name, index, address, systemd, persona, 0, f"{self.prefix}-{name}", f"{self.prefix}v{index}",
-                        str(hdir), gpu_mode, workspace)
+                        str(hdir), gpu_mode, workspace, engine)
             self._ensure_client_key()
             self._ensure_bridge()
             self.ensure_services()
+            if engine == "real":
+                self.ensure_real_engine()
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sim-{name}", "-f", str(hdir / "host_ed25519")])
             try:
                 if systemd:
@@ -405,6 +428,11 @@ class Lab:
             gpu = "none" if h.gpu == "none" else Path(h.gpu).stem
             lines += [f"    {h.name}:", f"      address: {h.address}", f"      sim_gpu: {gpu}",
                       f"      sim_systemd: {'true' if h.systemd else 'false'}"]
+            if h.engine == "real":
+                from .real_engine import host_vars
+
+                lines += ["      sim_engine: real", "      # the real vLLM CPU build from the lab's /real index"]
+                lines += [f"      {k}: {json.dumps(v)}" for k, v in host_vars(self.services_url).items()]
         return "\n".join(lines) + "\n"
 
     def write_inventory(self, path: Path) -> None:
@@ -498,6 +526,10 @@ def ensure_rootfs(cache: Path | None = None) -> Path:
         fcntl.flock(lf, fcntl.LOCK_EX)
         if (root / ".gpuprov-complete").is_file():
             return root
+        mounts = Path("/proc/mounts").read_text()
+        for old in cache.glob("rootfs-bookworm-v*"):  # earlier versions, unless a running host still uses one
+            if not old.name.startswith(f"rootfs-{ROOTFS_VERSION}") and f"lowerdir={old}" not in mounts:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         if root.exists():
             shutil.rmtree(root)
         if tarball.is_file():

@@ -2,6 +2,8 @@
 
 - ``/simple/<project>/`` lists the wheels in ``<dir>/wheels`` (the stand-in ``vllm`` builds, uv, huggingface_hub
   and its dependencies), so sim hosts run the real ``uv pip install`` path against it.
+- ``/real/simple/<project>/`` lists ``<dir>/real-wheels``: the real vLLM CPU build and everything it needs
+  (see real_engine.py), for hosts started with ``--engine real``.
 - The hub answers the part of the Hugging Face Hub API that ``huggingface_hub`` uses to download a repo
   (``HF_ENDPOINT`` points there): ``/api/models/<repo>/revision/<rev>`` and ``/<repo>/resolve/<rev>/<file>``
   (HEAD and GET, with ``X-Repo-Commit``, ``ETag`` and ``Content-Length``). Repos live in ``<dir>/hub/<org>/<name>``.
@@ -17,6 +19,7 @@ import html
 import json
 import os
 import re
+import shutil
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,7 +36,8 @@ def wheel_project(filename: str) -> str:
 
 
 def make_handler(root: Path):
-    wheels, hub = root / "wheels", root / "hub"
+    hub = root / "hub"
+    indexes = {"": root / "wheels", "/real": root / "real-wheels"}  # stand-ins; the real engine
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -54,23 +58,37 @@ def make_handler(root: Path):
         def do_HEAD(self):
             self.do_GET(head=True)
 
+        def send_file(self, f: Path, ctype: str, headers: dict | None = None, head=False):
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(f.stat().st_size))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                with open(f, "rb") as fh:
+                    shutil.copyfileobj(fh, self.wfile, 1 << 20)
+
         def do_GET(self, head=False):
             path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
-            if path in ("/simple", "/simple/"):
-                names = sorted({wheel_project(f.name) for f in wheels.glob("*.whl")})
-                body = "".join(f'<a href="/simple/{n}/">{n}</a><br>\n' for n in names)
-                return self.send(200, f"<!DOCTYPE html><html><body>{body}</body></html>".encode(), head=head)
-            m = re.fullmatch(r"/simple/([^/]+)/?", path)
+            m = re.fullmatch(r"(/real)?/simple/?", path)
             if m:
-                files = sorted(f for f in wheels.glob("*.whl") if wheel_project(f.name) == norm(m.group(1)))
+                prefix, d = m.group(1) or "", indexes[m.group(1) or ""]
+                names = sorted({wheel_project(f.name) for f in d.glob("*.whl")})
+                body = "".join(f'<a href="{prefix}/simple/{n}/">{n}</a><br>\n' for n in names)
+                return self.send(200, f"<!DOCTYPE html><html><body>{body}</body></html>".encode(), head=head)
+            m = re.fullmatch(r"(/real)?/simple/([^/]+)/?", path)
+            if m:
+                prefix, d = m.group(1) or "", indexes[m.group(1) or ""]
+                files = sorted(f for f in d.glob("*.whl") if wheel_project(f.name) == norm(m.group(2)))
                 if not files:
                     return self.send(404, b"not found", head=head)
-                links = "".join(f'<a href="/files/{html.escape(f.name)}#sha256={_sha(f)}">{html.escape(f.name)}</a><br>\n'
-                                for f in files)
+                links = "".join(f'<a href="{prefix}/files/{html.escape(f.name)}#sha256={_sha(f)}">{html.escape(f.name)}'
+                                "</a><br>\n" for f in files)
                 return self.send(200, f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), head=head)
-            m = re.fullmatch(r"/files/([^/]+\.whl)", path)
-            if m and (wheels / m.group(1)).is_file():
-                return self.send(200, (wheels / m.group(1)).read_bytes(), "application/octet-stream", head=head)
+            m = re.fullmatch(r"(/real)?/files/([^/]+\.whl)", path)
+            if m and (indexes[m.group(1) or ""] / m.group(2)).is_file():
+                return self.send_file(indexes[m.group(1) or ""] / m.group(2), "application/octet-stream", head=head)
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
             if m:
                 repo = hub / m.group(1)
@@ -101,9 +119,8 @@ def make_handler(root: Path):
                 f = hub / m.group(1) / m.group(3)
                 if not f.is_file():
                     return self.send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"}, head)
-                data = f.read_bytes()
-                return self.send(200, data, "application/octet-stream",
-                                 {"X-Repo-Commit": COMMIT, "ETag": f'"{_sha(f)}"'}, head)
+                return self.send_file(f, "application/octet-stream", {"X-Repo-Commit": COMMIT, "ETag": f'"{_sha(f)}"'},
+                                      head)
             return self.send(404, b"not found", "text/plain", head=head)
 
     return H
@@ -113,9 +130,15 @@ _SHA: dict[str, str] = {}
 
 
 def _sha(f: Path) -> str:
+    """A file's sha256: from a ``<file>.sha256`` beside it (the real-engine wheels) or computed once."""
     key = f"{f}:{f.stat().st_mtime}:{f.stat().st_size}"
     if key not in _SHA:
-        _SHA[key] = hashlib.sha256(f.read_bytes()).hexdigest()
+        side = f.with_name(f.name + ".sha256")
+        if side.is_file():
+            _SHA[key] = side.read_text().strip()
+        else:
+            with open(f, "rb") as fh:
+                _SHA[key] = hashlib.file_digest(fh, "sha256").hexdigest()
     return _SHA[key]
 
 

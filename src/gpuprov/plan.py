@@ -8,8 +8,11 @@ why and what would work; nothing is installed or downloaded for it.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from .compat import Build, choose_build, data_file, vtuple
@@ -24,6 +27,16 @@ from .secrets import Secret
 
 def flag_table() -> Mapping[str, Any]:
     return data_file("vllm_flags.yml")
+
+
+@functools.lru_cache(maxsize=None)
+def recorded_serve_flags(version: str) -> Mapping[str, bool] | None:
+    """Every flag one vLLM version's ``vllm serve`` accepts (flag → takes a value), where gpuprov has recorded its
+    parser (data/serve_flags/VERSION.yml); None for other versions."""
+    try:
+        return MappingProxyType(dict(data_file(f"serve_flags/{version}.yml")["flags"]))
+    except FileNotFoundError:
+        return None
 
 
 _HELP_OPTION = re.compile(r"^  (-\S.*?)(?:\s{2,}|$)")
@@ -268,6 +281,7 @@ def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int
             if attention:
                 args += ["--attention-backend", attention]
     table = flag_table()
+    recorded = recorded_serve_flags(build.vllm_version)
     extra = list(ev.extra_serve_args)
     for a in extra:
         if not a.startswith("--"):
@@ -279,7 +293,11 @@ def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int
         if info and info.get("secret"):
             raise UsageError(f"extra_serve_args: {flag} would put a secret in the process list; set api_key "
                              "(or HF_TOKEN in your environment) instead")
-        if info is None:
+        if info is None and recorded is not None and flag not in recorded:
+            close = difflib.get_close_matches(flag, list(recorded), n=1)
+            raise UsageError(f"extra_serve_args: vLLM {build.vllm_version}'s `vllm serve` has no {flag}"
+                             + (f" — did you mean {close[0]}?" if close else ""))
+        if info is None and recorded is None:
             warnings.append(f"extra_serve_args: {flag} is not in gpuprov's flag table for vLLM "
                             f"{build.vllm_version}; passed through as given")
     emitted = {a for a in args if a.startswith("--")}

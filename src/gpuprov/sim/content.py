@@ -17,7 +17,7 @@ import yaml
 from ..compat import matrix
 from ..errors import LabError
 from ..models import catalog
-from ..plan import flag_table
+from ..plan import flag_table, recorded_serve_flags
 from .standin_vllm import build_wheel
 
 BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
@@ -47,8 +47,11 @@ def build_index(root: Path) -> None:
     for w in third_party_wheels():
         if not (wheels / w.name).exists():
             shutil.copy(w, wheels / w.name)
-    flags = flag_table()["flags"]
+    table = flag_table()["flags"]
     for rel in matrix()["vllm"]:
+        # a version whose real parser gpuprov recorded accepts exactly its flags; the others, gpuprov's table
+        recorded = recorded_serve_flags(rel["version"])
+        flags = {f: {"takes_value": v} for f, v in recorded.items()} if recorded else table
         build_wheel(rel["version"], flags, str(wheels))
 
 

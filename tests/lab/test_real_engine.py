@@ -29,8 +29,12 @@ if WHY:
 
 PERSONA = "rtx-3060_driver-570.124.04"  # driver 570 → the planner picks vLLM 0.32.0 (+cu129)
 MODEL = real_engine.MODEL_ID
-VENV = "/opt/gpuprov/venvs/vllm-0.32.0-cu129-py3.11"
 PROMPT = [{"role": "user", "content": "Say hello in one word."}]
+
+
+def venv(name: str) -> str:
+    """The engine venv gpuprov recorded on the host."""
+    return json.loads(remote(name, "cat", "/opt/gpuprov/state.json"))["venv"]
 
 
 def engine_processes(name: str) -> list[str]:
@@ -81,7 +85,7 @@ def test_provision_installs_and_starts_the_real_engine(real):
         assert phase in out, f"{phase!r} not in the provision output"
     assert out.index("starting the engine core") < out.index("weights loaded") < out.index("MODEL READY")
     # it is the real build: the lab's repackaged distribution, the CPU torch, none of the CUDA-only extras
-    dists = json.loads(remote("rv1", f"{VENV}/bin/python", "-c", (
+    dists = json.loads(remote("rv1", f"{venv('rv1')}/bin/python", "-c", (
         "import importlib.metadata as m, json\n"
         "def v(n):\n"
         "    try: return m.version(n)\n"
@@ -148,7 +152,7 @@ def test_a_bad_flag_value_is_rejected_by_the_real_parser_with_a_diagnosis(real):
 
 
 def test_recorded_flags_match_the_live_parser_and_the_standin_accepts_exactly_them(real, lab_env):
-    live = parse_serve_help(remote("rv1", f"{VENV}/bin/vllm", "serve", "--help=all"))
+    live = parse_serve_help(remote("rv1", f"{venv('rv1')}/bin/vllm", "serve", "--help=all"))
     recorded = dict(recorded_serve_flags("0.32.0"))
     assert live == recorded, (f"vLLM 0.32.0's parser changed: new {sorted(set(live) - set(recorded))}, "
                               f"gone {sorted(set(recorded) - set(live))}; re-record data/serve_flags/0.32.0.yml")

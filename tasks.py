@@ -213,7 +213,7 @@ def demo(c, keep=False, systemd=False, model=None, engine="standin"):
     if name in lab.hosts():
         api.sim_down(name)
     if engine == "real":
-        persona, model = "rtx-3060_driver-570.124.04", model or real_engine.MODEL_ID
+        persona, model = real_engine.PERSONA, model or real_engine.MODEL_ID
         report.note("1/4 simulated GPU host: real sshd in its own network namespace; GPU = recorded RTX 3060, driver "
                     f"570; engine = {real_engine.describe()}")
     else:

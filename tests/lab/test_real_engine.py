@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.real]
 if WHY:
     pytestmark.append(pytest.mark.skip(reason=f"real-engine tier skipped: {WHY}"))
 
-PERSONA = "rtx-3060_driver-570.124.04"  # driver 570 → the planner picks vLLM 0.32.0 (+cu129)
+PERSONA = real_engine.PERSONA  # driver 570 → the planner picks vLLM 0.32.0 (+cu129)
 MODEL = real_engine.MODEL_ID
 PROMPT = [{"role": "user", "content": "Say hello in one word."}]
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from ..errors import LabError
 from ..facts import cc_from_name, parse_smi_xml
 
-ROOTFS_CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim"))
+# the lab's cache, outside any clone: the systemd rootfs, third-party wheels, the real engine (real_engine.py)
+LAB_CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim"))
 # libnuma1: the real vLLM CPU build's kernels link it (a VM image that runs vLLM has it; minbase does not)
 ROOTFS_PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,python3-venv,curl,ca-certificates,"
                    "procps,libnuma1")
@@ -518,7 +519,7 @@ def debian_mirror() -> str:
 
 def ensure_rootfs(cache: Path | None = None) -> Path:
     """An unpacked Debian 12 rootfs with systemd + sshd + python3; built with debootstrap once, then cached."""
-    cache = cache or ROOTFS_CACHE
+    cache = cache or LAB_CACHE
     root = cache / f"rootfs-{ROOTFS_VERSION}"
     tarball = cache / f"rootfs-{ROOTFS_VERSION}.tar.gz"
     cache.mkdir(parents=True, exist_ok=True)

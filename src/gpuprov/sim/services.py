@@ -24,11 +24,9 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ..ops.packages import norm
+
 COMMIT = "0" * 32 + "5ca1ab1e"
-
-
-def norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def wheel_project(filename: str) -> str:
@@ -45,13 +43,16 @@ def make_handler(root: Path):
         def log_message(self, fmt, *args):  # quiet; the lab keeps no access log
             pass
 
-        def send(self, code: int, body: bytes, ctype: str = "text/html", headers: dict | None = None, head=False):
+        def start(self, code: int, ctype: str, length: int, headers: dict | None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
+
+        def send(self, code: int, body: bytes, ctype: str = "text/html", headers: dict | None = None, head=False):
+            self.start(code, ctype, len(body), headers)
             if not head:
                 self.wfile.write(body)
 
@@ -59,12 +60,7 @@ def make_handler(root: Path):
             self.do_GET(head=True)
 
         def send_file(self, f: Path, ctype: str, headers: dict | None = None, head=False):
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(f.stat().st_size))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
+            self.start(200, ctype, f.stat().st_size, headers)
             if not head:
                 with open(f, "rb") as fh:
                     shutil.copyfileobj(fh, self.wfile, 1 << 20)
@@ -89,12 +85,12 @@ def make_handler(root: Path):
             m = re.fullmatch(r"(/real)?/files/([^/]+\.whl)", path)
             if m and (indexes[m.group(1) or ""] / m.group(2)).is_file():
                 return self.send_file(indexes[m.group(1) or ""] / m.group(2), "application/octet-stream", head=head)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
-            if m:
+            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(/tree/[^/]+(?:/.*)?|/revision/[^/]+)?", path)
+            if m and not (hub / m.group(1)).is_dir():
+                return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
+                                 {"X-Error-Code": "RepoNotFound"}, head)
+            if m and (m.group(2) or "").startswith("/tree/"):
                 repo = hub / m.group(1)
-                if not repo.is_dir():
-                    return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
-                                     {"X-Error-Code": "RepoNotFound"}, head)
                 entries = []
                 for f in sorted(repo.rglob("*")):
                     rel = str(f.relative_to(repo))
@@ -103,12 +99,8 @@ def make_handler(root: Path):
                     else:
                         entries.append({"type": "file", "path": rel, "size": f.stat().st_size, "oid": _sha(f)[:40]})
                 return self.send(200, json.dumps(entries).encode(), "application/json", head=head)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m:
                 repo = hub / m.group(1)
-                if not repo.is_dir():
-                    return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
-                                     {"X-Error-Code": "RepoNotFound"}, head)
                 sib = [{"rfilename": str(f.relative_to(repo)), "size": f.stat().st_size}
                        for f in sorted(repo.rglob("*")) if f.is_file()]
                 info = {"id": m.group(1), "modelId": m.group(1), "sha": COMMIT, "private": False, "siblings": sib,

@@ -20,6 +20,7 @@ from gpuprov import api
 from gpuprov.plan import parse_serve_help, recorded_serve_flags
 from gpuprov.sim import real_engine
 
+from ..unit.test_health import phases_through
 from .test_provision_lab import provision, remote
 
 WHY = real_engine.unavailable()
@@ -47,6 +48,13 @@ def engine_processes(name: str) -> list[str]:
         "    except OSError: continue\n"
         "    if 'VLLM::' in c or 'vllm serve' in c: print(c.strip())\n"))
     return [line for line in out.splitlines() if line]
+
+
+def assert_real_log_phases(log: str) -> None:
+    """The engine's own log, read by gpuprov's progress parser: every startup phase, in order, and the KV size."""
+    seen, progress = phases_through(log)
+    assert [s for s in seen if s != "starting"] == ["config", "engine", "load", "loaded", "kv", "server", "ready"]
+    assert progress.kv_tokens == 65_536 and progress.render().startswith("[OK] MODEL READY")
 
 
 def chat_through_tunnel(name: str, port: int) -> tuple[str, str]:
@@ -78,12 +86,14 @@ def real(sim):
 def test_provision_installs_and_starts_the_real_engine(real):
     sim, p = real
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    # the progress display followed the real startup log, phase by phase, to a verified completion
+    # the progress display followed the real startup log to a verified completion. It shows the phase current at
+    # each 1 s poll, so sub-second phases (weights, KV cache) may be skipped on screen: the lines themselves are
+    # checked by feeding the host's log through the same parser (real_log_phases)
     out = p.stdout
-    for phase in ("reading the model config", "starting the engine core", "weights loaded",
-                  "allocating KV cache (65,536 tokens)", "MODEL READY", "verified — a 1-token chat completion"):
+    for phase in ("starting the engine core", "MODEL READY", "verified — a 1-token chat completion"):
         assert phase in out, f"{phase!r} not in the provision output"
-    assert out.index("starting the engine core") < out.index("weights loaded") < out.index("MODEL READY")
+    assert out.index("starting the engine core") < out.index("MODEL READY")
+    assert_real_log_phases(remote("rv1", "cat", "/opt/gpuprov/logs/vllm.log"))
     # it is the real build: the lab's repackaged distribution, the CPU torch, none of the CUDA-only extras
     dists = json.loads(remote("rv1", f"{venv('rv1')}/bin/python", "-c", (
         "import importlib.metadata as m, json\n"
@@ -171,10 +181,11 @@ def test_systemd_host_serves_the_real_engine(sim):
     p = provision(sim, "rvs", timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     # progress read from the journal this time (journalctl with a cursor), same real phases
-    for phase in ("weights loaded", "allocating KV cache (65,536 tokens)", "MODEL READY", "verified"):
+    for phase in ("starting the engine core", "MODEL READY", "verified"):
         assert phase in p.stdout, f"{phase!r} not in the provision output"
     assert remote("rvs", "systemctl", "is-active", "gpuprov-vllm").strip() == "active"
-    journal = remote("rvs", "journalctl", "-u", "gpuprov-vllm", "--no-pager", "-o", "cat", "-n", "400")
+    journal = remote("rvs", "journalctl", "-u", "gpuprov-vllm", "--no-pager", "-o", "cat")
     assert "CPU KV cache size" in journal and "Application startup complete" in journal
+    assert_real_log_phases(journal)
     text, streamed = chat_through_tunnel("rvs", 18500)
     assert text and text == streamed

@@ -12,15 +12,21 @@ from ..conftest import SHARED
 REAL_LOG = SHARED / "research" / "real-engine-cpu-startup.log"
 
 
-def test_real_startup_log_reaches_ready_through_the_phases():
-    if not REAL_LOG.is_file():
-        pytest.skip(f"{REAL_LOG} not present")
+def phases_through(log: str) -> tuple[list[str], Progress]:
+    """Feed a startup log to the progress display line by line: the phases it went through, in order."""
     p = Progress()
-    seen = []
-    for line in REAL_LOG.read_text().splitlines():
+    seen: list[str] = []
+    for line in log.splitlines():
         p.feed(line)
         if not seen or seen[-1] != p.phase:
             seen.append(p.phase)
+    return seen, p
+
+
+def test_real_startup_log_reaches_ready_through_the_phases():
+    if not REAL_LOG.is_file():
+        pytest.skip(f"{REAL_LOG} not present")
+    seen, p = phases_through(REAL_LOG.read_text())
     assert p.phase == "ready" and p.kv_tokens == 1_048_576 and p.percent == 100
     assert (seen.index("config") < seen.index("engine") < seen.index("load") < seen.index("loaded")
             < seen.index("kv") < seen.index("server") < seen.index("ready"))

@@ -1,4 +1,4 @@
-"""`invoke bench`: gpuprov against pyinfra and ansible-core on the same job (shared/research/peer-benchmark.md),
+"""`invoke bench`: gpuprov against pyinfra and ansible-core on the same job (docs/research/peer-benchmark.md),
 on the same simulated hosts, in the same run; plus provision no-op time, tunnel latency and peak memory.
 
 Hosts are the lab's plain sim hosts (real sshd, LogLevel VERBOSE) in their own lab (prefix ``gpb``), so SSH
@@ -53,13 +53,14 @@ def bring_up(n: int):  # noqa: ANN201
     os.environ["GPUPROV_SIM_PREFIX"] = "gpb"
     os.environ["GPUPROV_SIM_SUBNET"] = "10.232.0.0/24"
     from gpuprov import api
+    from gpuprov.sim import control as lab_control
 
-    lab = api.sim_lab()
+    lab = lab_control.sim_lab()
     have = lab.hosts()
     for i in range(1, n + 1):
         name = f"b{i}"
         if name not in have:
-            api.sim_up(name, gpu="2x-rtx-a5000_driver-590.44.01")
+            lab_control.sim_up(name, gpu="2x-rtx-a5000_driver-590.44.01")
     hosts = [lab.hosts()[f"b{i}"] for i in range(1, n + 1)]
     for h in hosts:  # the job's 4-line GPU probe, in each host's own /usr/local/bin
         dst = Path(h.dir) / "usrlocal" / "bin" / "fake-nvidia-smi"
@@ -175,6 +176,7 @@ def bench_tool(tool: str, hosts, inv: Path, runs: int, tmp: Path) -> dict:  # no
 
 def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
     from gpuprov import api
+    from gpuprov.sim import control as lab_control
     from gpuprov.provision import provision
 
     sel = api.select_hosts(",".join(h.name for h in hosts))
@@ -210,6 +212,7 @@ print(json.dumps({"median_ms": ts[len(ts) // 2], "p90_ms": ts[int(len(ts) * 0.9)
 
 def bench_tunnel(host, n: int = 300) -> dict:  # noqa: ANN001
     from gpuprov import api
+    from gpuprov.sim import control as lab_control
 
     h = api.select_hosts(host.name)[0]
     r = api.open_runner(h, api.known_hosts())
@@ -259,9 +262,9 @@ def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=(
         result["ratios"] = ratios(result["rows"])
     finally:
         if lab is not None and not keep:
-            from gpuprov import api
+            from gpuprov.sim import control as lab_control
 
-            api.sim_down()
+            lab_control.sim_down()
         shutil.rmtree(tmp, ignore_errors=True)
     return result
 

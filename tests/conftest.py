@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GPUPROV_SHARED", REPO.parent / "shared"))
-SMI_DATA = SHARED / "testdata" / "nvidia-smi"
+DATA = Path(__file__).parent / "data"
+#: recorded nvidia-smi outputs (xml/ links to the lab's personas); sources in SOURCES.md there
+SMI_DATA = DATA / "nvidia-smi"
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -47,17 +48,16 @@ def lab_env(tmp_path_factory):
         "GPUPROV_INVENTORY": str(home / "inventory"),
         "GPUPROV_SIM_PREFIX": f"t{tag}",
         "GPUPROV_SIM_SUBNET": f"{subnet}.0/24",
-        "GPUPROV_PERSONA_PATH": str(SMI_DATA / "xml"),
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         yield env
     finally:
-        from gpuprov import api
+        from gpuprov.sim import control as lab
 
         try:
-            api.sim_down()
+            lab.sim_down()
         finally:
             for k, v in old.items():
                 if v is None:
@@ -74,16 +74,16 @@ class Sim:
         self.names: list[str] = []
 
     def up(self, name: str, gpu: str = "none", systemd: bool = False, **kw):
-        from gpuprov import api
+        from gpuprov.sim import control as lab
 
-        h = api.sim_up(name, gpu=gpu, systemd=systemd, **kw)
+        h = lab.sim_up(name, gpu=gpu, systemd=systemd, **kw)
         self.names.append(name)
         return h
 
     def down(self, name: str) -> None:
-        from gpuprov import api
+        from gpuprov.sim import control as lab
 
-        api.sim_down(name)
+        lab.sim_down(name)
         self.names.remove(name)
 
     def cli(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
@@ -96,11 +96,11 @@ class Sim:
         return p
 
     def teardown(self) -> None:
-        from gpuprov import api
+        from gpuprov.sim import control as lab
 
         for n in list(self.names):
             try:
-                api.sim_down(n)
+                lab.sim_down(n)
             except Exception:  # noqa: BLE001 - keep tearing down the rest
                 pass
             self.names.remove(n)

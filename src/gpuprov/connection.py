@@ -11,6 +11,7 @@ Host keys (see ``KnownHosts``): keys in ``~/.ssh/known_hosts`` and in the projec
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shlex
 import socket
@@ -23,8 +24,14 @@ from typing import Protocol, Sequence
 
 import paramiko
 
+from . import settings
 from .errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown, RemoteError, RemoteTimeout
 from .inventory import Host
+
+log = logging.getLogger("gpuprov.connection")
+# paramiko's transport thread logs its own errors (with a traceback) on the "paramiko" logger; without a handler
+# Python's last-resort handler prints them raw to stderr next to our one-line error. With -v they show in full.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = 120.0
@@ -62,6 +69,12 @@ class Runner(Protocol):
     def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _shown(cmd: str, limit: int = 300) -> str:
+    """A command line for the -v log: one line, long inline programs cut short (secrets never travel in argv)."""
+    flat = cmd.replace("\n", "\\n")
+    return flat if len(flat) <= limit else f"{flat[:limit]}… ({len(flat)} chars)"
 
 
 def put_argv(path: str, mode: int) -> list[str]:
@@ -167,8 +180,9 @@ class KnownHosts:
         )
 
 
-def default_known_hosts_path() -> Path:
-    return Path(os.environ.get("GPUPROV_HOME", ".gpuprov")) / "known_hosts"
+def known_hosts(strict: bool = False) -> KnownHosts:
+    """The project's pinned host keys (``.gpuprov/known_hosts``); ``strict`` refuses keys not pinned yet."""
+    return KnownHosts(settings.known_hosts_file(), strict=strict)
 
 
 # --------------------------------------------------------------------------- SSH
@@ -212,7 +226,7 @@ class SSHRunner:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ):
         self.host = host
-        self.known_hosts = known_hosts or KnownHosts(default_known_hosts_path())
+        self.known_hosts = known_hosts or KnownHosts(settings.known_hosts_file())
         self.connect_timeout = connect_timeout
         self.exec_count = 0
         self._client: paramiko.SSHClient | None = None
@@ -223,7 +237,7 @@ class SSHRunner:
         if self._client is not None:
             return self
         h = self.host
-        cfg = _ssh_config_for(h.address)
+        cfg = ssh_config_for(h.address)
         address = cfg.get("hostname", h.address)
         port = h.port or int(cfg.get("port", 22))
         user = h.user or cfg.get("user") or "root"
@@ -272,6 +286,9 @@ class SSHRunner:
             reason = str(e) or type(e).__name__
             if isinstance(e, (socket.timeout, TimeoutError)):
                 reason = f"no answer within {self.connect_timeout:g} s"
+            elif "protocol banner" in reason:
+                reason = ("the port answers but is not an SSH server (no SSH banner): a wrong port, or sshd is "
+                          "not up yet")
             raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
         transport = client.get_transport()
         assert transport is not None
@@ -306,6 +323,7 @@ class SSHRunner:
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
         argv = tuple(str(a) for a in argv)
         cmd = shlex.join(argv)
+        log.debug("%s $ %s", self.host.name, _shown(cmd))
         start = time.monotonic()
         try:
             chan = self.transport.open_session(timeout=min(timeout, self.connect_timeout))
@@ -383,7 +401,7 @@ def _drain_stderr(chan: paramiko.Channel, buf: io.BytesIO) -> None:
         return
 
 
-def _ssh_config_for(alias: str) -> dict:
+def ssh_config_for(alias: str) -> dict:
     path = Path.home() / ".ssh" / "config"
     if not path.is_file():
         return {}
@@ -417,6 +435,7 @@ class LocalRunner:
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
         argv = tuple(str(a) for a in argv)
+        log.debug("%s $ %s", self.host.name, _shown(shlex.join(argv)))
         start = time.monotonic()
         self.exec_count += 1
         try:

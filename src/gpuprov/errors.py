@@ -3,15 +3,17 @@
 ::
 
     GpuprovError                      base; str() is a one-line, user-facing reason
-    ├── UsageError                    bad flags or vars, caught before connecting
+    ├── UsageError                    bad flags, vars or files, caught before connecting (exit 2)
+    │   └── ModelUnavailable          the model's config cannot be read (not in the catalog, hub, or folder)
     ├── InventoryError                malformed inventory: names the file and line
-    ├── ConnectError                  the host could not be reached or logged into
+    ├── ConnectError                  the host could not be reached or logged into (exit 3)
     │   ├── AuthError                 the server refused our key
     │   └── HostKeyError              host key policy refused the server
     │       ├── HostKeyMismatch       the key changed since it was pinned
     │       └── HostKeyUnknown        strict mode and the key is not pinned
     ├── RemoteError                   a remote command failed (exit status, stderr tail)
     │   └── RemoteTimeout             a remote command ran past its timeout
+    ├── HostBusy                      another gpuprov run holds the host's lock (exit 4)
     ├── ProbeError                    the probe ran but its output was unusable
     └── LabError                      the simulated lab could not be built or torn down
 
@@ -30,6 +32,10 @@ class GpuprovError(Exception):
 
 class UsageError(GpuprovError):
     exit_code = 2
+
+
+class ModelUnavailable(UsageError):
+    pass
 
 
 class InventoryError(GpuprovError):
@@ -69,6 +75,10 @@ class RemoteError(GpuprovError):
 
 class RemoteTimeout(RemoteError):
     pass
+
+
+class HostBusy(GpuprovError):
+    exit_code = 4
 
 
 class ProbeError(GpuprovError):

@@ -14,7 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from . import settings
 from .errors import ConnectError, GpuprovError, RemoteError, UsageError
+from .fleet import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, for_each_host, one_line
 from .inventory import Host
 from .ops import Change, NoOp, Op, OpContext
 from .ops.files import Template
@@ -48,6 +50,33 @@ class HostRecap:
     #: time.monotonic() at start and end (lets tests see that hosts overlapped)
     started: float = 0.0
     ended: float = 0.0
+    #: the exit code of the error that ended the run, when it has its own (a busy host: 4)
+    code: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.code is not None:
+            return self.code
+        if self.unreachable:
+            return EXIT_UNREACHABLE
+        return EXIT_FAILED if self.failed or self.error else EXIT_OK
+
+    def merge(self, other: "HostRecap") -> None:
+        """Add a later play's recap for the same host."""
+        for k in ("ok", "changed", "failed", "skipped", "time_s", "execs"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.unreachable |= other.unreachable
+        self.error = self.error or other.error
+        self.code = self.code if self.code is not None else other.code
+        self.results += other.results
+
+    @classmethod
+    def of_error(cls, host: str, e: BaseException, time_s: float = 0.0, execs: int = 0) -> "HostRecap":
+        """The recap of a run that an error ended before or between tasks."""
+        if isinstance(e, ConnectError):
+            return cls(host, unreachable=True, error=one_line(e), time_s=time_s, execs=execs)
+        code = e.exit_code if isinstance(e, GpuprovError) and e.exit_code not in (EXIT_OK, EXIT_FAILED) else None
+        return cls(host, failed=1, error=one_line(e), time_s=time_s, execs=execs, code=code)
 
     def count(self, r: TaskResult) -> None:
         self.results.append(r)
@@ -323,35 +352,37 @@ class HostRun:
 
 def run_play(play: Play, hosts: Sequence[Host], connect: Callable[[Host], Any],
              facts_for: Callable[[Host, Any], Any], extra_for: Callable[[Host, Any, Any], Mapping[str, Any]],
-             templar: Templar, opts: RunOptions, max_workers: int = 64) -> list[HostRecap]:
-    """Run one play on many hosts in parallel; a failing or unreachable host never stops the others."""
-    from .api import for_each_host
+             templar: Templar, opts: RunOptions, max_workers: int | None = None) -> list[HostRecap]:
+    """Run one play on many hosts in parallel (``GPUPROV_PARALLEL`` at once unless ``max_workers`` says);
+    a failing or unreachable host never stops the others."""
 
     def one(h: Host) -> HostRecap:
         t0 = time.monotonic()
         try:
             runner = connect(h)
-        except ConnectError as e:
-            return HostRecap(h.name, unreachable=True, error=str(e), time_s=time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001 - recorded in the host's recap
+            return HostRecap.of_error(h.name, e, time.monotonic() - t0)
         try:
             facts = facts_for(h, runner)
             extra = extra_for(h, runner, facts)
             return HostRun(play, h, runner, facts, extra, templar, opts).run()
-        except ConnectError as e:
-            return HostRecap(h.name, unreachable=True, error=str(e), time_s=time.monotonic() - t0)
-        except GpuprovError as e:
-            return HostRecap(h.name, failed=1, error=str(e), time_s=time.monotonic() - t0,
-                             execs=getattr(runner, "exec_count", 0))
+        except Exception as e:  # noqa: BLE001 - recorded in the host's recap (with -v, the traceback in the log)
+            if not isinstance(e, GpuprovError):
+                import logging
+
+                logging.getLogger("gpuprov").debug("%s: unexpected error", h.name, exc_info=True)
+            return HostRecap.of_error(h.name, e, time.monotonic() - t0, getattr(runner, "exec_count", 0))
         finally:
             runner.close()
 
     outcomes = for_each_host(hosts, one, max_workers)
-    return [o.value if o.ok else HostRecap(o.host.name, failed=1, error=str(o.error)) for o in outcomes]
+    return [o.value if o.value is not None else HostRecap.of_error(o.host.name, o.error or RuntimeError("no result"))
+            for o in outcomes]
 
 
 def template_dirs(playbook: Path) -> list[Path]:
     """Where ``template: src:`` is looked up: templates/ beside or above the playbook, ./templates, and the
     playbook's folder and its parent (so ``src: job/unit.j2`` works from a project folder)."""
-    dirs = [playbook.parent / "templates", playbook.parent.parent / "templates", Path("templates"),
+    dirs = [playbook.parent / "templates", playbook.parent.parent / "templates", settings.project_root() / "templates",
             playbook.parent, playbook.parent.parent]
     return [d for d in dirs if d.is_dir()]

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 # Compute capability by GPU name, for drivers whose nvidia-smi cannot report it (compute_cap arrived in
 # the 510 branch). First match wins, so more specific patterns come first. Sources: NVIDIA's CUDA GPUs
-# list (developer.nvidia.com/cuda-gpus) and the recorded outputs in shared/testdata.
+# list (developer.nvidia.com/cuda-gpus) and the recorded outputs in tests/data/nvidia-smi.
 NAME_TO_CC: tuple[tuple[str, str], ...] = (
     (r"GB300|B300", "10.3"),
     (r"GB200|B200|B100", "10.0"),
@@ -111,22 +111,113 @@ class Facts:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Facts":
-        """Read back what ``to_json`` wrote (``invoke probe --json``), for offline planning."""
-        known = {f for f in cls.__dataclass_fields__}
-        kw = {k: v for k, v in d.items() if k in known}
-        gpus = []
-        for g in d.get("gpus") or []:
-            migs = tuple(MigDevice(**m) for m in g.get("mig_devices") or [])
-            gkw = {k: v for k, v in g.items() if k in GPU.__dataclass_fields__ and k != "mig_devices"}
-            gpus.append(GPU(**gkw, mig_devices=migs))
-        kw["gpus"] = tuple(gpus)
-        for k in ("pythons", "container"):
-            if k in kw:
-                kw[k] = tuple(kw[k] or ())
-        if "host" not in kw:
-            kw["host"] = d.get("hostname") or "offline"
+    def from_json(cls, d: Any) -> "Facts":
+        """Read back what ``to_json`` wrote (``invoke probe --json``), for offline planning. The shape is checked
+        (README, "Facts files"); a value of the wrong type is a ``ValueError`` naming the field."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a JSON object (the facts of one host), got {_json_kind(d)}")
+        kw: dict[str, Any] = {}
+        for k, v in d.items():
+            if k in _SKIP or k not in cls.__dataclass_fields__ or v is None:
+                continue
+            kw[k] = _check(k, v, _FACT_TYPES.get(k, "any"))
+        gpus = d.get("gpus")
+        if gpus is not None and not isinstance(gpus, list):
+            raise ValueError(f"gpus must be a list of GPU objects, got {_json_kind(gpus)}")
+        kw["gpus"] = tuple(_gpu_from_json(i, g) for i, g in enumerate(gpus or []))
+        host = d.get("host") or d.get("hostname") or "offline"
+        kw["host"] = _check("host", host, "str")
         return cls(**kw)
+
+
+_SKIP = {"gpus", "host"}
+_FACT_TYPES = {
+    "hostname": "str", "os_id": "str", "os_version": "str", "os_pretty": "str", "kernel": "str", "arch": "str",
+    "glibc": "str", "python": "str", "python_path": "str", "python_venv": "bool", "pythons": "strs",
+    "pid1": "str", "systemd": "bool", "container": "strs", "is_root": "bool", "sudo": "bool", "workspace": "bool",
+    "install_root": "str", "disk_free_bytes": "count", "sftp": "bool", "tools": "map", "driver_version": "str",
+    "cuda_driver_version": "str", "source": "str", "gpu_error": "str", "installed": "map", "probe_errors": "map",
+}
+_GPU_TYPES = {"index": "count", "name": "str", "uuid": "str", "pci_bus_id": "str", "memory_total_mib": "count",
+              "memory_free_mib": "count", "compute_capability": "cc", "mig_mode": "str"}
+_EXPECTED = {"str": "a string", "bool": "true or false", "strs": "a list of strings", "count": "a whole number",
+             "map": "an object", "cc": 'a compute capability such as "8.9"'}
+
+
+def _json_kind(v: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(v), type(v).__name__) + (f" {v!r}" if isinstance(v, (str, int, float)) else "")
+
+
+def _check(name: str, v: Any, kind: str) -> Any:
+    ok = {
+        "str": isinstance(v, str),
+        "bool": isinstance(v, bool),
+        "strs": isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "count": isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "map": isinstance(v, Mapping),
+        "cc": isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        and re.fullmatch(r"\d+(\.\d+)?", str(v).strip()) is not None,
+        "any": True,
+    }[kind]
+    if not ok:
+        raise ValueError(f"{name} must be {_EXPECTED[kind]}, got {_json_kind(v)}")
+    if kind == "strs":
+        return tuple(v)
+    if kind == "cc":
+        return str(v).strip()
+    return v
+
+
+def _gpu_from_json(i: int, g: Any) -> GPU:
+    where = f"gpus[{i}]"
+    if not isinstance(g, Mapping):
+        raise ValueError(f"{where} must be an object, got {_json_kind(g)}")
+    for req in ("index", "name"):
+        if req not in g:
+            raise ValueError(f"{where} has no {req!r} (each GPU needs index and name)")
+    kw = {k: _check(f"{where}.{k}", v, _GPU_TYPES[k]) for k, v in g.items() if k in _GPU_TYPES and v is not None}
+    migs = g.get("mig_devices") or []
+    if not isinstance(migs, list):
+        raise ValueError(f"{where}.mig_devices must be a list, got {_json_kind(migs)}")
+    mig_devices = []
+    for j, m in enumerate(migs):
+        if not isinstance(m, Mapping) or "index" not in m or "memory_total_mib" not in m:
+            raise ValueError(f"{where}.mig_devices[{j}] must be an object with index and memory_total_mib")
+        mig_devices.append(MigDevice(**{k: _check(f"{where}.mig_devices[{j}].{k}", v, "count")
+                                        for k, v in m.items() if k in MigDevice.__dataclass_fields__ and v is not None}))
+    if "compute_capability" not in kw:
+        kw["compute_capability"] = cc_from_name(kw["name"])
+    return GPU(**kw, mig_devices=tuple(mig_devices))
+
+
+def facts_from_text(text: str) -> list[Facts]:
+    """The hosts in a facts file: one JSON object per line (``invoke probe --json > f``), or objects written any
+    other way (pretty-printed, one after another). Raises ``ValueError`` naming the object and the field."""
+    import json
+
+    dec = json.JSONDecoder()
+    out: list[Facts] = []
+    pos, n = 0, 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n\ufeff":
+            pos += 1
+        if pos >= len(text):
+            break
+        n += 1
+        line = text.count("\n", 0, pos) + 1
+        try:
+            obj, pos = dec.raw_decode(text, pos)
+        except ValueError as e:
+            raise ValueError(f"line {line}: not JSON ({getattr(e, 'msg', e)})") from None
+        try:
+            out.append(Facts.from_json(obj))
+        except ValueError as e:
+            raise ValueError(f"line {line}: {e}") from None
+    if not out:
+        raise ValueError("the file is empty (expected the output of `invoke probe --json`)")
+    return out
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -80,7 +80,7 @@ except Exception as e:
     print(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}))
 """
 
-PHASES = [  # in startup order; the lines of vLLM 0.26–0.33 (shared/research/real-engine-cpu-startup.log)
+PHASES = [  # in startup order; the lines of vLLM 0.26–0.33 (tests/data/real-engine-cpu-startup.log)
     ("config", re.compile(r"Resolved architecture: ")),
     ("engine", re.compile(r"Initializing a V1 LLM engine")),
     ("download", re.compile(r"Time spent downloading weights")),

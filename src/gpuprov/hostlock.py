@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any
 
-from .errors import ConnectError, GpuprovError
+from .errors import ConnectError, GpuprovError, HostBusy
 
 LOCK_SCRIPT = (
     "import fcntl, os, signal, sys, time\n"
@@ -38,10 +38,6 @@ LOCK_SCRIPT = (
     "print('LOCKED', flush=True)\n"
     "sys.stdin.read()\n"
 )
-
-
-class HostBusy(GpuprovError):
-    exit_code = 4
 
 
 class HostLock:

@@ -94,6 +94,11 @@ class Plan:
     why: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
+    @property
+    def exit_code(self) -> int:
+        """2 for a refused plan (nothing was changed), 0 otherwise."""
+        return 0 if self.ok else 2
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["serve_args"] = list(self.serve_args)
@@ -126,75 +131,123 @@ class EngineVars:
     install_root: str | None
 
 
-def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int | None:
-    if v is None or v == "":
-        return None
-    if isinstance(v, str) and v.strip().lower().endswith("k") and v.strip()[:-1].isdigit():
-        v = int(v.strip()[:-1]) * 1024
-    if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and not v.strip().lstrip("-").isdigit()):
-        raise UsageError(f"{name} must be a whole number, got {v!r}")
-    n = int(v)
-    if n < lo or (hi is not None and n > hi):
-        raise UsageError(f"{name} must be between {lo} and {hi}, got {n}" if hi else f"{name} must be >= {lo}, got {n}")
-    return n
+class _Vars:
+    """Reads a host's vars for the planner; a wrong value is one line naming the var, where it was set
+    (file:line, ``-e``, an environment variable) and what would be valid."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.host.var(name, default)
+
+    def bad(self, name: str, expected: str, got: Any = None) -> UsageError:
+        var = self.host.vars.get(name)
+        where = f" (from {var.source})" if var is not None else ""
+        shown = "***" if isinstance(got, Secret) else repr(got)
+        return UsageError(f"{name}{where}: expected {expected}, got {shown}")
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        v = self.get(name)
+        if v is None or v == "":
+            return default
+        if not isinstance(v, str) or any(c in v for c in "\n\r\0"):
+            raise self.bad(name, "a string", v)
+        return v.strip()
+
+    def int(self, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
+        v = self.get(name)
+        if v is None or v == "":
+            return default
+        if isinstance(v, str) and v.strip().lower().endswith("k") and v.strip()[:-1].isdigit():
+            v = int(v.strip()[:-1]) * 1024
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and not v.strip().lstrip("-").isdigit()):
+            raise self.bad(name, f"a whole number between {lo} and {hi}", v)
+        n = int(v)
+        if not lo <= n <= hi:
+            raise self.bad(name, f"a whole number between {lo} and {hi}", n)
+        return n
+
+    def fraction(self, name: str) -> float | None:
+        v = self.get(name)
+        if v is None or v == "":
+            return None
+        try:
+            f = float(v) if not isinstance(v, bool) else None
+        except (TypeError, ValueError):
+            f = None
+        if f is None or not 0 < f <= 1:
+            raise self.bad(name, "a number in (0, 1], such as 0.9", v)
+        return f
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        v = self.get(name, default)
+        if not isinstance(v, bool):
+            raise self.bad(name, "true or false", v)
+        return v
+
+    def version(self, name: str) -> str | None:
+        v = self.get(name)
+        if v is None or v == "":
+            return None
+        if not isinstance(v, str):
+            raise self.bad(name, 'a version string such as "0.32.0" (quote it: -e \'vllm_version="0.32.0"\')', v)
+        return v.strip()
 
 
 def engine_vars(host: Host) -> EngineVars:
     """Validate the vars the planner reads; absurd values fail here, before any connection."""
-    v = host.var
-    model = v("model")
-    if not isinstance(model, str) or not model.strip() or any(c in model for c in "\n\r\0"):
-        raise UsageError(f"model must be a model id or path, got {model!r}")
-    util = v("gpu_memory_utilization")
-    if util is not None:
-        try:
-            util = float(util)
-        except (TypeError, ValueError):
-            raise UsageError(f"gpu_memory_utilization must be a number in (0, 1], got {util!r}") from None
-        if not 0 < util <= 1:
-            raise UsageError(f"gpu_memory_utilization must be in (0, 1], got {util}")
-    kv = v("kv_cache_dtype") or "auto"
+    V = _Vars(host)
+    model = V.text("model")
+    if not model:
+        raise V.bad("model", "a model id (org/name) or a path", V.get("model"))
+    util = V.fraction("gpu_memory_utilization")
+    kv = V.text("kv_cache_dtype", "auto")
     if kv not in KV_DTYPE_BYTES:
-        raise UsageError(f"kv_cache_dtype must be one of {', '.join(KV_DTYPE_BYTES)}, got {kv!r}")
-    port = _int("engine_port", v("engine_port", 8000), 1, 65535)
-    extra = v("extra_serve_args") or []
+        raise V.bad("kv_cache_dtype", f"one of {', '.join(KV_DTYPE_BYTES)}", kv)
+    extra = V.get("extra_serve_args") or []
     if isinstance(extra, str):
         import shlex
 
         extra = shlex.split(extra)
-    if not isinstance(extra, list) or not all(isinstance(x, (str, int, float)) for x in extra):
-        raise UsageError("extra_serve_args must be a list of strings")
-    env = v("engine_env") or {}
+    if not isinstance(extra, list) or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                                              for x in extra):
+        raise V.bad("extra_serve_args", "a list of strings, such as [--dtype, float16]", extra)
+    env = V.get("engine_env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and k.isidentifier() for k in env):
-        raise UsageError(f"engine_env must be a mapping of NAME: value, got {env!r}")
-    gpus = v("gpu_indices")
+        raise V.bad("engine_env", "a mapping of NAME: value", env)
+    gpus = V.get("gpu_indices")
     if gpus is not None:
-        if isinstance(gpus, int):
+        if isinstance(gpus, int) and not isinstance(gpus, bool):
             gpus = [gpus]
         if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus):
-            raise UsageError(f"gpu_indices must be a list of GPU indexes, got {gpus!r}")
-    key = v("api_key")
+            raise V.bad("gpu_indices", "a list of GPU indexes, such as [0, 1]", gpus)
+    key = V.get("api_key")
     if key is not None and not isinstance(key, Secret):
-        key = Secret(str(key), "api_key") if str(key) else None
-    host_bind = str(v("engine_host") or "127.0.0.1")
+        if not isinstance(key, str):
+            raise V.bad("api_key", "a string", key)
+        key = Secret(key, "api_key") if key else None
+    root = V.text("install_root")
+    if root is not None and not root.startswith("/"):
+        raise V.bad("install_root", "an absolute path on the host, such as /workspace/gpuprov", root)
     return EngineVars(
-        model=model.strip(),
-        max_model_len=_int("max_model_len", v("max_model_len"), 1, 10_000_000),
+        model=model,
+        max_model_len=V.int("max_model_len", 1, 10_000_000),
         gpu_memory_utilization=util,
-        max_num_seqs=_int("max_num_seqs", v("max_num_seqs"), 1, 65536),
-        max_num_batched_tokens=_int("max_num_batched_tokens", v("max_num_batched_tokens"), 1, 1_048_576),
-        tensor_parallel_size=_int("tensor_parallel_size", v("tensor_parallel_size"), 1, 64),
-        kv_cache_dtype=kv,
-        vllm_version=str(v("vllm_version")) if v("vllm_version") else None,
-        engine_host=host_bind,
-        engine_port=port or 8000,
+        max_num_seqs=V.int("max_num_seqs", 1, 65536),
+        max_num_batched_tokens=V.int("max_num_batched_tokens", 1, 1_048_576),
+        tensor_parallel_size=V.int("tensor_parallel_size", 1, 64),
+        kv_cache_dtype=kv or "auto",
+        vllm_version=V.version("vllm_version"),
+        engine_host=V.text("engine_host", "127.0.0.1") or "127.0.0.1",
+        engine_port=V.int("engine_port", 1, 65535, 8000) or 8000,
         api_key=key,
         extra_serve_args=tuple(str(x) for x in extra),
         engine_env={k: str(x) for k, x in env.items()},
         gpu_indices=tuple(gpus) if gpus is not None else None,
-        served_model_name=v("served_model_name"),
-        enforce_eager=bool(v("enforce_eager", False)),
-        install_root=v("install_root"),
+        served_model_name=V.text("served_model_name"),
+        enforce_eager=V.flag("enforce_eager"),
+        install_root=root,
     )
 
 

@@ -1,7 +1,8 @@
 """``invoke provision``: probe → plan (refuse before touching anything) → playbooks/vllm.yml → readiness.
 
-This module builds the ``gp`` vars the playbook uses (paths, pins, indexes, the env file's contents and the
-secrets) from the plan, the facts and the host's vars, and runs the play with the executor.
+``plan_for`` is the plan step (vars validated, the model resolved, the planner, the disk check); this module
+also builds the ``gp`` vars the playbook uses (paths, pins, indexes, the env file's contents and the secrets)
+from the plan, the facts and the host's vars, and runs the play with the executor.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import settings
+from .connection import known_hosts, open_runner
+from .errors import ModelUnavailable
 from .executor import HostRecap, HostRun, RunOptions, template_dirs
 from .facts import Facts
+from .fleet import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, for_each_host
+from .hub import local_model_dir, resolve_model
 from .inventory import Host
-from .plan import Plan
+from .plan import Plan, engine_vars, make_plan
 from .playbook import Templar, load_playbook
 from .secrets import Secret, new_api_key, write_private
 
@@ -39,11 +44,35 @@ class ProvisionResult:
 
     @property
     def ok(self) -> bool:
-        if self.refused or self.recap is None:
-            return False
-        if self.recap.failed or self.recap.unreachable:
-            return False
-        return self.readiness is None or self.readiness.ready
+        return self.exit_code == EXIT_OK
+
+    @property
+    def exit_code(self) -> int:
+        if self.refused:
+            return EXIT_REFUSED
+        if self.recap is None:
+            return EXIT_FAILED
+        if self.recap.exit_code != EXIT_OK:
+            return self.recap.exit_code
+        return EXIT_OK if self.readiness is None or self.readiness.ready else EXIT_FAILED
+
+
+def plan_for(host: Host, facts: Facts) -> Plan:
+    """The plan step: vars validated, the model resolved (catalog, folder, hub), the planner."""
+    ev = engine_vars(host)  # validates vars before any network use
+    try:
+        spec, err = resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None), None
+    except ModelUnavailable as e:
+        spec, err = None, str(e)
+    return make_plan(facts, host, spec, err)
+
+
+def local_model_refusal(plan: Plan) -> str | None:
+    """A model given as a folder on this machine cannot be served on another one: refuse before installing."""
+    if local_model_dir(plan.model) is None:
+        return None
+    return (f"model {plan.model} is a folder on this machine, not on the host; copy it to the host (for example "
+            f"under /workspace) and give the host's path with -e model=/path/on/host, or use a hub id")
 
 
 def api_key_for(host: Host, plan: Plan) -> Secret | None:
@@ -55,16 +84,12 @@ def api_key_for(host: Host, plan: Plan) -> Secret | None:
         return Secret(str(given), "api_key")
     if not plan.api_key_required:
         return None
-    path = key_file(host)
+    path = settings.api_key_file(host.name)
     if path.is_file():
         return Secret(path.read_text().strip(), "api_key")
     key = new_api_key()
     write_private(path, key.reveal() + "\n")
     return key
-
-
-def key_file(host: Host) -> Path:
-    return settings.home() / "secrets" / f"{host.name}.api_key"
 
 
 def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
@@ -121,25 +146,19 @@ def disk_refusal(facts: Facts, plan: Plan) -> str | None:
 
 
 def playbook_path() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        p = base / "playbooks" / "vllm.yml"
-        if p.is_file():
-            return p
-    raise FileNotFoundError("playbooks/vllm.yml not found")
+    return settings.project_file("playbooks/vllm.yml")
 
 
 def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool = False, verify: bool = True,
                    on_event: Callable | None = None, on_progress: Callable[[str, str], None] | None = None,
                    ready_timeout: float = 1800) -> ProvisionResult:
-    from . import api
-    from .health import wait_ready
     from .probe import run_probe
 
     facts = run_probe(runner, check_sftp=False)
-    plan = api.plan_for(host, facts)
+    plan = plan_for(host, facts)
     if not plan.ok:
         return ProvisionResult(host.name, plan, refused=plan.reason)
-    refusal = disk_refusal(facts, plan)
+    refusal = local_model_refusal(plan) or disk_refusal(facts, plan)
     if refusal:
         return ProvisionResult(host.name, plan, refused=refusal)
     gp = gp_vars(host, facts, plan)
@@ -229,24 +248,15 @@ def _restart(runner: Any, plan: Plan, gp: dict) -> None:
 
 
 def provision(hosts: Sequence[Host], **kw: Any) -> list[ProvisionResult]:
-    from . import api
-    from .errors import ConnectError, GpuprovError
-
     def one(h: Host) -> ProvisionResult:
-        try:
-            runner = api.open_runner(h, api.known_hosts())
-        except ConnectError as e:
-            return ProvisionResult(h.name, recap=HostRecap(h.name, unreachable=True, error=str(e)))
+        runner = open_runner(h, known_hosts())
         try:
             return provision_host(h, runner, **kw)
-        except GpuprovError as e:
-            return ProvisionResult(h.name, recap=HostRecap(h.name, failed=1, error=str(e)))
         finally:
             runner.close()
 
     for h in hosts:
-        from .plan import engine_vars
-
         engine_vars(h)  # absurd values fail before any connection
-    outcomes = api.for_each_host(hosts, one)
-    return [o.value for o in outcomes]
+    return [o.value if o.value is not None else
+            ProvisionResult(o.host.name, recap=HostRecap.of_error(o.host.name, o.error or RuntimeError("no result")))
+            for o in for_each_host(hosts, one)]

@@ -1,4 +1,8 @@
-"""The only module that prints: rich tables for people, JSON for programs, errors on stderr."""
+"""The only module that prints: rich tables for people, JSON for programs, errors on stderr.
+
+Every string that comes from the user or a host goes through ``esc`` before it meets rich markup, so a model id
+such as ``foo[/]bar`` prints as typed and never restyles (or crashes) the output.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import sys
 from typing import Any, Iterable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .api import HostOutcome
+from .fleet import HostOutcome
 from .facts import Facts
 from .inventory import Host
 from .secrets import Secret
@@ -31,8 +36,17 @@ def json_line(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def esc(value: Any) -> str:
+    """A user's or a host's string, safe inside rich markup."""
+    return escape(str(value))
+
+
 def error(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {esc(msg)}", markup=True, highlight=False)
+
+
+def outcome_error(o: HostOutcome) -> None:
+    error(o.message)
 
 
 def note(msg: str) -> None:
@@ -53,16 +67,16 @@ def probe_json(outcomes: Sequence[HostOutcome]) -> None:
             d["host"] = o.host.name
             json_line(d)
         else:
-            error(str(o.error))
+            outcome_error(o)
 
 
 def probe_human(outcomes: Sequence[HostOutcome]) -> None:
     for o in outcomes:
         if not o.ok:
-            error(str(o.error))
+            outcome_error(o)
             continue
         f: Facts = o.value
-        out.print(f"[bold]{o.host.name}[/]  ({f.hostname}, {o.duration_s:.2f} s)")
+        out.print(f"[bold]{esc(o.host.name)}[/]  ({esc(f.hostname)}, {o.duration_s:.2f} s)")
         rows = [
             ("OS", f"{f.os_pretty or f.os_id} · kernel {f.kernel} · {f.arch} · {f.glibc}"),
             ("Python", f"{f.python} at {f.python_path} (venv {'ok' if f.python_venv else 'missing'}); "
@@ -77,7 +91,7 @@ def probe_human(outcomes: Sequence[HostOutcome]) -> None:
         for k, v in rows:
             out.print(f"  {k:<7} {v}", markup=False)
         if f.gpu_error:
-            out.print(f"  [yellow]GPU     {f.gpu_error}[/]")
+            out.print(f"  [yellow]GPU     {esc(f.gpu_error)}[/]")
         if f.gpus:
             t = Table(show_edge=False, pad_edge=False, box=None)
             for col in ("#", "name", "memory", "CC", "MIG", "PCI bus", "UUID"):
@@ -86,8 +100,8 @@ def probe_human(outcomes: Sequence[HostOutcome]) -> None:
                 mig = g.mig_mode or "-"
                 if g.mig_devices:
                     mig += " (" + ", ".join(fmt_gib(m.memory_total_mib) for m in g.mig_devices) + ")"
-                t.add_row(str(g.index), g.name, fmt_gib(g.memory_total_mib), g.compute_capability or "?", mig,
-                          g.pci_bus_id or "?", g.uuid or "?")
+                t.add_row(*(esc(x) for x in (g.index, g.name, fmt_gib(g.memory_total_mib), g.compute_capability or "?",
+                                             mig, g.pci_bus_id or "?", g.uuid or "?")))
             out.print(t)
 
 
@@ -96,15 +110,16 @@ def probe_human(outcomes: Sequence[HostOutcome]) -> None:
 
 def inventory_human(hosts: Iterable[Host]) -> None:
     for h in hosts:
-        out.print(f"[bold]{h.name}[/]  {h.user or '(ssh config)'}@{h.address}:{h.port or 22}  "
-                  f"groups: {', '.join(h.groups)}  [dim]declared at {h.source}[/]")
+        out.print(f"[bold]{esc(h.name)}[/]  {esc(h.user or '(ssh config)')}@{esc(h.address)}:{h.port or 22}  "
+                  f"groups: {esc(', '.join(h.groups))}  [dim]declared at {esc(h.source)}[/]")
         t = Table(show_edge=False, box=None, pad_edge=False)
         t.add_column("var")
         t.add_column("value")
         t.add_column("from", style="dim")
         for k in sorted(h.vars):
             v = h.vars[k]
-            t.add_row(k, "***" if isinstance(v.value, Secret) else json.dumps(v.value, default=_default), v.source)
+            t.add_row(esc(k), esc("***" if isinstance(v.value, Secret) else json.dumps(v.value, default=_default)),
+                      esc(v.source))
         out.print(t)
 
 
@@ -125,7 +140,7 @@ def plan_json(outcomes: Sequence[HostOutcome]) -> None:
         if o.ok:
             json_line(o.value.to_json())
         else:
-            error(str(o.error))
+            outcome_error(o)
 
 
 def plan_human(outcomes: Sequence[HostOutcome]) -> None:
@@ -133,18 +148,18 @@ def plan_human(outcomes: Sequence[HostOutcome]) -> None:
 
     for o in outcomes:
         if not o.ok:
-            error(str(o.error))
+            outcome_error(o)
             continue
         p = o.value
         if not p.ok:
-            out.print(f"[bold]{p.host}[/]: [bold red]REFUSED[/] {p.model}")
+            out.print(f"[bold]{esc(p.host)}[/]: [bold red]REFUSED[/] {esc(p.model)}")
             out.print(f"  why: {p.reason}", markup=False)
             for w in p.ways_out:
                 out.print(f"  would work: {w}", markup=False)
             for w in p.why:
-                out.print(f"  [dim]· {w}[/]")
+                out.print(f"  · {esc(w)}")
             continue
-        out.print(f"[bold]{p.host}[/]: [green]OK[/] {p.model}")
+        out.print(f"[bold]{esc(p.host)}[/]: [green]OK[/] {esc(p.model)}")
         compat = " + CUDA forward compatibility" if p.cuda_compat else ""
         extra = f" from {p.extra_index_url}" if p.extra_index_url else " from the default index"
         rows = [
@@ -161,9 +176,9 @@ def plan_human(outcomes: Sequence[HostOutcome]) -> None:
         for k, v in rows:
             out.print(f"  {k:<8} {v}", markup=False)
         for w in p.why:
-            out.print(f"  [dim]· {w}[/]")
+            out.print(f"  · {esc(w)}")
         for w in p.warnings:
-            out.print(f"  [yellow]! {w}[/]")
+            out.print(f"  [yellow]! {esc(w)}[/]")
 
 
 # --------------------------------------------------------------------------- playbook runs
@@ -175,7 +190,7 @@ def task_event(host: str, task: str, r) -> None:  # noqa: ANN001
     style = _STATUS_STYLE.get(r.status, "")
     if r.status == "ok" and not r.diffs:
         return
-    out.print(f"[{style}]{r.status:<8}[/] {host} | {task}: {r.msg}", markup=True, highlight=False)
+    out.print(f"[{style}]{r.status:<8}[/] {esc(host)} | {esc(task)}: {esc(r.msg)}", markup=True, highlight=False)
     for d in r.diffs:
         if d:
             out.print(d.rstrip("\n"), markup=False, highlight=False)
@@ -186,7 +201,7 @@ def recap_human(recaps) -> None:  # noqa: ANN001
     for col in ("host", "ok", "changed", "failed", "skipped", "unreachable", "time", "execs"):
         t.add_column(col)
     for r in recaps:
-        t.add_row(r.host, str(r.ok), f"[yellow]{r.changed}[/]" if r.changed else "0",
+        t.add_row(esc(r.host), str(r.ok), f"[yellow]{r.changed}[/]" if r.changed else "0",
                   f"[red]{r.failed}[/]" if r.failed else "0", str(r.skipped),
                   "[red]yes[/]" if r.unreachable else "no", f"{r.time_s:.2f}s", str(r.execs))
     out.print(t)
@@ -210,7 +225,7 @@ def provision_human(results) -> None:  # noqa: ANN001
     recaps = [r.recap for r in results if r.recap]
     for r in results:
         if r.refused:
-            out.print(f"[bold]{r.host}[/]: [bold red]REFUSED[/] before installing anything: {r.refused}")
+            out.print(f"[bold]{esc(r.host)}[/]: [bold red]REFUSED[/] before installing anything: {esc(r.refused)}")
             if r.plan is not None:
                 for w in r.plan.ways_out:
                     out.print(f"  would work: {w}", markup=False)
@@ -222,9 +237,9 @@ def provision_human(results) -> None:  # noqa: ANN001
             continue
         if rd.ready:
             c = rd.completion or {}
-            out.print(f"[green]{r.host}: verified[/] — a 1-token chat completion answered in {c.get('ms')} ms "
-                      f"(model {c.get('model')}); endpoint http://{r.plan.engine_host}:{r.plan.engine_port}/v1 "
-                      f"on the host — `invoke tunnel --host {r.host}` to reach it")
+            out.print(f"[green]{esc(r.host)}: verified[/] — a 1-token chat completion answered in {c.get('ms')} ms "
+                      f"(model {esc(c.get('model'))}); endpoint http://{esc(r.plan.engine_host)}:{r.plan.engine_port}/v1 "
+                      f"on the host — `invoke tunnel --host {esc(r.host)}` to reach it")
         else:
             error(f"{r.host}: {rd.error}")
             if rd.diagnosis:
@@ -263,7 +278,7 @@ def status_json(outcomes) -> None:  # noqa: ANN001
         if o.ok:
             json_line(o.value.to_json())
         else:
-            error(str(o.error))
+            outcome_error(o)
 
 
 def _uptime(s: float | None) -> str:
@@ -279,24 +294,24 @@ def status_human(outcomes) -> None:  # noqa: ANN001
         t.add_column(col)
     for o in outcomes:
         if not o.ok:
-            t.add_row(o.host.name, "[red]unreachable[/]", "-", "-", "-", "-", "-", "-", "-", str(o.error)[:60])
+            t.add_row(esc(o.host.name), "[red]unreachable[/]", "-", "-", "-", "-", "-", "-", "-", esc(o.message[:60]))
             continue
         s = o.value
         mem = ", ".join(f"{(g['memory_used_mib'] or 0) / 1024:.0f}/{(g['memory_total_mib'] or 0) / 1024:.0f} GiB" for g in s.gpus) or "-"
         util = ", ".join(f"{g['utilization_pct']}%" for g in s.gpus if g.get("utilization_pct") is not None) or "-"
         style = {"active": "green", "failed": "red"}.get(s.service, "yellow")
-        t.add_row(s.host, f"[{style}]{s.service}[/]", "yes" if s.ready else "no", s.model or "-", s.vllm_version or "-",
-                  _uptime(s.uptime_s), str(s.restarts), mem, util, s.endpoint or "-")
+        t.add_row(esc(s.host), f"[{style}]{esc(s.service)}[/]", "yes" if s.ready else "no", esc(s.model or "-"),
+                  esc(s.vllm_version or "-"), _uptime(s.uptime_s), str(s.restarts), mem, util, esc(s.endpoint or "-"))
     out.print(t)
 
 
 def control_human(action: str, outcomes) -> None:  # noqa: ANN001
     for o in outcomes:
         if not o.ok:
-            error(str(o.error))
+            outcome_error(o)
             continue
-        rd = o.value["ready"]
-        what = f"{action}ed" if o.value["changed"] else f"nothing to {action}"
+        rd = o.value.ready
+        what = f"{action}ed" if o.value.changed else f"nothing to {action}"
         msg = f"{o.host.name}: {what.replace('stoped', 'stopped')}"
         if rd is not None:
             msg += "; ready (a completion answered)" if rd.ready else f"; NOT ready: {rd.error}"

@@ -84,9 +84,9 @@ class Tunnel:
     # ----------------------------------------------------------- OpenSSH
     def ssh_argv(self) -> list[str]:
         h = self.host
-        from .connection import _ssh_config_for
+        from .connection import ssh_config_for
 
-        cfg = _ssh_config_for(h.address)
+        cfg = ssh_config_for(h.address)
         kh = [str(self.known_hosts_file)] if self.known_hosts_file else []
         kh.append(str(Path.home() / ".ssh" / "known_hosts"))
         argv = ["ssh", "-N", "-T", "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{self.remote_port}",
@@ -135,8 +135,6 @@ class Tunnel:
 
     # ----------------------------------------------------------- paramiko
     def _transport(self):  # noqa: ANN202
-        from . import api
-
         with self._lock:
             r = self._runner
             try:
@@ -147,9 +145,9 @@ class Tunnel:
             if r is not None:
                 r.close()  # type: ignore[attr-defined]
                 self.reconnects += 1
-            from .connection import SSHRunner
+            from .connection import SSHRunner, known_hosts
 
-            self._runner = SSHRunner(self.host, api.known_hosts()).connect()
+            self._runner = SSHRunner(self.host, known_hosts()).connect()
             return self._runner.transport  # type: ignore[attr-defined]
 
     def _run_paramiko(self) -> None:
@@ -239,3 +237,78 @@ class Tunnel:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else os.getpid()
+
+
+# --------------------------------------------------------------------------- background tunnels (local processes)
+
+
+@dataclass(frozen=True)
+class Background:
+    """A tunnel left running by ``invoke tunnel --background``: its pid file and log under ``.gpuprov/tunnels``."""
+
+    host: str
+    dir: Path
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / f"{self.host}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"{self.host}.log"
+
+    def start(self, argv: list[str], timeout: float = 60.0) -> str:
+        """Start ``argv`` (an ``invoke tunnel`` in the foreground) detached; return the base URL once it printed
+        one. If it dies first, or prints nothing in time, it is stopped and the reason raised."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            offset = log.tell()
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self.pidfile.write_text(f"{p.pid}\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self._log_since(offset)
+            for line in text.splitlines():
+                if "OPENAI_BASE_URL=" in line:
+                    return line.split("OPENAI_BASE_URL=", 1)[1].split()[0]
+            if p.poll() is not None or time.monotonic() > deadline:
+                alive = p.poll() is None
+                if alive:
+                    os.kill(p.pid, 15)
+                    p.wait(10)
+                self.pidfile.unlink(missing_ok=True)
+                lines = [x.strip() for x in text.splitlines() if x.strip()]
+                why = lines[-1] if lines else f"it exited {p.returncode} without a word"
+                if why.startswith("error: "):
+                    why = why[len("error: "):]
+                if alive:
+                    why = f"no tunnel within {timeout:g} s" + (f" ({why})" if lines else "")
+                raise ConnectError(f"{self.host}: the background tunnel did not come up: {why} (log {self.log})")
+            time.sleep(0.1)
+
+    def _log_since(self, offset: int) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self) -> str:
+        """Stop it (only the process in our pid file, and only if it is still an ``invoke tunnel``)."""
+        if not self.pidfile.is_file():
+            return "no background tunnel"
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (ValueError, IndexError):
+            self.pidfile.unlink()
+            return "no background tunnel (the pid file was unreadable; removed it)"
+        self.pidfile.unlink()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return "tunnel was not running"
+        if b"tunnel" not in cmdline:
+            return f"tunnel was not running (pid {pid} is another program now)"
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            return "tunnel was not running"
+        return "tunnel stopped"

@@ -13,6 +13,7 @@ from gpuprov import api
 from gpuprov.connection import KnownHosts, SSHRunner
 from gpuprov.errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown
 from gpuprov.inventory import Host
+from gpuprov.sim.control import sim_lab
 
 from ..conftest import FIXTURES, SMI_DATA
 
@@ -118,7 +119,7 @@ def test_host_keys_tofu_pin_mismatch_strict(xml_lab, lab_env, tmp_path):
     SSHRunner(a, KnownHosts(kh.path, strict=True, user_file=kh.user_file)).connect().close()  # pinned: accepted
     # the key for a's address changes (here: b's key appears at a's address)
     b_key = paramiko.Ed25519Key(data=__import__("base64").b64decode(
-        Path(api.sim_lab().hosts()[b.name].dir, "host_ed25519.pub").read_text().split()[1]))
+        Path(sim_lab().hosts()[b.name].dir, "host_ed25519.pub").read_text().split()[1]))
     kh.forget(a.address, 22)
     kh.pin(a.address, b_key)
     with pytest.raises(HostKeyMismatch) as ei:

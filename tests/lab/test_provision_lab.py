@@ -389,7 +389,7 @@ def test_two_runs_on_one_host_the_second_is_refused(sim):
     try:
         with HostLock(holder, "/opt/.gpuprov.lock", "a test holding the lock"):
             p = provision(sim, "pv4", "--json")
-            assert p.returncode == 1
+            assert p.returncode == 4  # busy
             recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["pv4"]
             assert "another gpuprov run holds the host lock (a test holding the lock" in recap["error"]
             assert remote("pv4", "sh", "-c", "test -e /opt/gpuprov && echo yes || echo no").strip() == "no"

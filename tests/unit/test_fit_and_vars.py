@@ -62,16 +62,16 @@ def test_more_gpus_more_context():
 @pytest.mark.parametrize(
     "vars,needle",
     [
-        ({"max_model_len": -5}, "max_model_len must be between"),
-        ({"max_model_len": "lots"}, "whole number"),
-        ({"gpu_memory_utilization": 1.5}, "(0, 1]"),
+        ({"max_model_len": -5}, "max_model_len (from test): expected a whole number between 1 and"),
+        ({"max_model_len": "lots"}, "max_model_len (from test): expected a whole number"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization (from test): expected a number in (0, 1]"),
         ({"gpu_memory_utilization": 0}, "(0, 1]"),
         ({"gpu_memory_utilization": "high"}, "number"),
         ({"max_num_seqs": 0}, "max_num_seqs"),
         ({"engine_port": 70000}, "engine_port"),
         ({"kv_cache_dtype": "fp4"}, "kv_cache_dtype"),
-        ({"model": ""}, "model must be"),
-        ({"model": "a\nb"}, "model must be"),
+        ({"model": ""}, "model (from test): expected a model id"),
+        ({"model": "a\nb"}, "model (from test): expected a string"),
         ({"gpu_indices": ["zero"]}, "gpu_indices"),
         ({"engine_env": {"BAD-NAME": "x"}}, "engine_env"),
     ],
@@ -102,11 +102,25 @@ def test_gpu_indices_and_extra_args_reach_the_plan():
     assert p.ok and any("--some-new-flag" in w for w in p.warnings)
 
 
+def test_local_environment_is_read_only_under_gpuprov_names():
+    """Generic names (MODEL, API_KEY) belong to other programs: they never change a plan or become a key."""
+    unrelated = {"MODEL": "gpt-4o", "MAX_MODEL_LEN": "abc", "GPU_MEMORY_UTILIZATION": "2", "MAX_NUM_SEQS": "x",
+                 "API_KEY": "sk-other-service"}
+    assert settings.defaults(unrelated) == settings.defaults({})
+    assert "api_key" not in settings.defaults(unrelated)
+
+
+def test_bad_environment_value_names_the_variable():
+    h = Host(name="h", address="x", vars=MappingProxyType(settings.defaults({"GPUPROV_MAX_MODEL_LEN": "lots"})))
+    with pytest.raises(UsageError, match=r"max_model_len \(from environment GPUPROV_MAX_MODEL_LEN\): expected a whole"):
+        engine_vars(h)
+
+
 def test_seed_environment_is_a_default_below_vars():
-    env = {"MODEL": "Qwen/Qwen3-8B", "MAX_MODEL_LEN": "8192", "GPU_MEMORY_UTILIZATION": "0.85", "MAX_NUM_SEQS": "16",
-           "API_KEY": "sk-seed-secret"}
+    env = {"GPUPROV_MODEL": "Qwen/Qwen3-8B", "GPUPROV_MAX_MODEL_LEN": "8192", "GPUPROV_GPU_MEMORY_UTILIZATION": "0.85",
+           "GPUPROV_MAX_NUM_SEQS": "16", "GPUPROV_API_KEY": "sk-seed-secret"}
     d = settings.defaults(env)
-    assert d["model"] == Var("Qwen/Qwen3-8B", "environment MODEL")
+    assert d["model"] == Var("Qwen/Qwen3-8B", "environment GPUPROV_MODEL")
     assert d["max_model_len"].value == 8192 and d["gpu_memory_utilization"].value == 0.85
     assert isinstance(d["api_key"].value, Secret) and str(d["api_key"].value) == "***"
     h = Host(name="h", address="x", vars=MappingProxyType(d))

@@ -1,4 +1,4 @@
-"""Readiness parsing on the real vLLM 0.32.0 startup log (shared/research) and the known failure messages."""
+"""Readiness parsing on the real vLLM 0.32.0 startup log (tests/data) and the known failure messages."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 from gpuprov.health import Progress, diagnose
 from gpuprov.ops.weights import bar
 
-from ..conftest import SHARED
+from ..conftest import DATA
 
-REAL_LOG = SHARED / "research" / "real-engine-cpu-startup.log"
+#: the real vLLM 0.32.0 CPU build starting the lab's tiny model, recorded in the lab
+REAL_LOG = DATA / "real-engine-cpu-startup.log"
 
 
 def phases_through(log: str) -> tuple[list[str], Progress]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from ..errors import ProbeError
-from ..facts import Facts, facts_from_probe
+from pathlib import Path
+
+from ..errors import ProbeError, UsageError
+from ..facts import Facts, facts_from_probe, facts_from_text
 
 PROBE_TIMEOUT = 60.0
 # `python3 -` reads the script from stdin; without python3 the host still answers with a fact, not a crash.
@@ -40,3 +42,15 @@ def run_probe(runner, check_sftp: bool = True) -> Facts:  # noqa: ANN001 - any R
         raise ProbeError(f"{runner.host.name}: the probe exited {res.exit_status}: {res.stderr.strip()[-300:]}")
     sftp = runner.sftp_works() if check_sftp else None
     return parse_probe_output(runner.host.name, res.stdout, res.stderr, sftp)
+
+
+def read_facts_file(path: str | Path) -> list[Facts]:
+    """A saved ``invoke probe --json`` (one host per line, or pretty-printed objects) → each host's facts."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--facts {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return facts_from_text(text)
+    except ValueError as e:
+        raise UsageError(f"--facts {path}: {e}; see README \"Facts files\" (examples/facts/)") from None

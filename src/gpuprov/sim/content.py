@@ -18,11 +18,10 @@ from ..compat import matrix
 from ..errors import LabError
 from ..models import catalog
 from ..plan import flag_table, recorded_serve_flags
-from .lab import LAB_CACHE
+from .cache import WHEEL_CACHE
 from .standin_vllm import build_wheel
 
 BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
-WHEEL_CACHE = LAB_CACHE / "wheels"
 SHARD_BYTES = 3 * 1024 * 1024
 DEMO_MODELS = ("openai/gpt-oss-20b", "openai/gpt-oss-120b", "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen3-8B")
 

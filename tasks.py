@@ -129,8 +129,10 @@ def plan(c, host=None, model=None, max_model_len=None, inventory=None, json=Fals
 
 
 @task(
-    help=COMMON_HELP | {"playbook": "playbook file (e.g. playbooks/site.yml)", "check": "change nothing; report what would change",
-                        "diff": "show before/after diffs of files and units", "tags": "only tasks with these tags (comma list)"},
+    help=COMMON_HELP | {"playbook": "playbook file (e.g. tests/fixtures/playbooks/site.yml)",
+                        "check": "change nothing; report what would change",
+                        "diff": "show before/after diffs of files and units",
+                        "tags": "only tasks with these tags (comma list)"},
     iterable=["e"],
 )
 @_errors
@@ -146,7 +148,8 @@ def play(c, playbook, host, check=False, diff=False, tags=None, inventory=None, 
 
 
 @task(
-    help=COMMON_HELP | {"model": "model to serve (default: the model var)", "check": "change nothing; show what would change",
+    help=COMMON_HELP | {"model": "model to serve (default: the model var)",
+                        "check": "change nothing; show what would change",
                         "diff": "show before/after diffs (secrets hidden)", "no_verify": "skip the readiness check"},
     iterable=["e"],
 )
@@ -166,7 +169,8 @@ def provision(c, host, model=None, check=False, diff=False, no_verify=False, inv
 
 
 @task(
-    help={"host": HOST_HELP, "local_port": "local port (default: the remote port, 8000)", "remote_port": "engine port on the host",
+    help={"host": HOST_HELP, "local_port": "local port (default: the remote port, 8000)",
+          "remote_port": "engine port on the host",
           "next_free": "take the next free local port when the one asked for is busy",
           "paramiko": "use paramiko instead of the system ssh client", "inventory": COMMON_HELP["inventory"],
           "background": "keep running after this command returns (pid file under .gpuprov/tunnels); returns once "
@@ -194,7 +198,8 @@ def tunnel(c, host, local_port=None, remote_port=None, next_free=False, paramiko
     if background:
         for i, h in enumerate(hosts):
             bg = Background(h.name, tdir)
-            args = [sys.executable, "-m", "invoke", "tunnel", "--host", h.name, "--local-port", str((lport or 8000) + i)]
+            args = [sys.executable, "-m", "invoke", "tunnel", "--host", h.name,
+                    "--local-port", str((lport or 8000) + i)]
             args += ["--next-free"] * bool(next_free) + ["--paramiko"] * bool(paramiko)
             args += ["--inventory", str(inventory)] if inventory else []
             args += ["--remote-port", str(rport)] if rport else []
@@ -232,7 +237,8 @@ def demo(c, keep=False, systemd=False, model=None, engine="standin", verbose=Fal
     import time
 
     from gpuprov import api, report
-    from gpuprov.sim import control as lab, real_engine
+    from gpuprov.sim import control as lab
+    from gpuprov.sim import real_engine
 
     name = "demo"
     t0 = time.monotonic()
@@ -347,7 +353,8 @@ def teardown(c, host, purge=False, inventory=None, verbose=False):
 
 @task(help={"hosts": "host counts, comma list (default 1,10,50)", "runs": "timed runs after the warm-up (default 3)",
             "json": "print {\"rows\": [...]} as JSON", "keep": "leave the benchmark hosts up",
-            "tools": "comma list of gpuprov,pyinfra,ansible", "provision_hosts": "host counts for the provision no-op rows",
+            "tools": "comma list of gpuprov,pyinfra,ansible",
+            "provision_hosts": "host counts for the provision no-op rows",
             "verbose": VERBOSE_HELP})
 @_errors
 def bench(c, hosts="1,10,50", runs=3, json=False, keep=False, tools="gpuprov,pyinfra,ansible", provision_hosts=None,
@@ -360,7 +367,8 @@ def bench(c, hosts="1,10,50", runs=3, json=False, keep=False, tools="gpuprov,pyi
     import run as bench_run
 
     sizes = [_number(x, "--hosts", 1, 500) for x in str(hosts).split(",") if x]
-    prov = [_number(x, "--provision-hosts", 1, 500) for x in str(provision_hosts).split(",") if x] if provision_hosts else None
+    prov = ([_number(x, "--provision-hosts", 1, 500) for x in str(provision_hosts).split(",") if x]
+            if provision_hosts else None)
     result = bench_run.main(sizes, _number(runs, "--runs", 1, 100), json, keep, tuple(str(tools).split(",")), prov)
     if json:
         print(_json.dumps(result))
@@ -424,9 +432,15 @@ def sim_down(c, name=None, verbose=False):
     report.note(f"removed: {', '.join(names) or 'nothing (the lab was empty)'}")
 
 
-@task(help={"k": "pytest -k expression", "x": "stop at first failure", "quick": "skip the lab tiers"})
-def test(c, k=None, x=False, quick=False):
-    """Run the whole test suite (unit tests, then the simulated lab over real SSH)."""
+@task(help={"k": "pytest -k expression", "x": "stop at first failure", "quick": "skip the lab tiers",
+            "no_lint": "skip ruff and mypy"})
+def test(c, k=None, x=False, quick=False, no_lint=False):
+    """Run the static checks (ruff, mypy) and the whole test suite (unit tests, then the lab over real SSH)."""
+    import shlex
+
+    if not no_lint:
+        c.run(shlex.join([sys.executable, "-m", "ruff", "check", "."]), pty=False)
+        c.run(shlex.join([sys.executable, "-m", "mypy"]), pty=False)
     args = [sys.executable, "-m", "pytest", "tests"]
     if k:
         args += ["-k", k]
@@ -434,6 +448,4 @@ def test(c, k=None, x=False, quick=False):
         args.append("-x")
     if quick:
         args += ["-m", "not lab"]
-    import shlex
-
     c.run(shlex.join(args), pty=False)

@@ -52,7 +52,6 @@ def bring_up(n: int):  # noqa: ANN201
     os.environ["GPUPROV_INVENTORY"] = str(BENCH_HOME / "inventory")
     os.environ["GPUPROV_SIM_PREFIX"] = "gpb"
     os.environ["GPUPROV_SIM_SUBNET"] = "10.232.0.0/24"
-    from gpuprov import api
     from gpuprov.sim import control as lab_control
 
     lab = lab_control.sim_lab()
@@ -83,8 +82,8 @@ def write_inventories(lab, hosts, tmp: Path) -> dict[str, Path]:  # noqa: ANN001
     # ansible
     lines = ["all:", "  hosts:"]
     for i, h in enumerate(hosts, 1):
-        lines += [f"    {h.name}: {{ansible_host: {h.address}, ansible_user: root, ansible_ssh_private_key_file: {key}, "
-                  f"host_id: {i}, host_label: {h.name}}}"]
+        lines += [f"    {h.name}: {{ansible_host: {h.address}, ansible_user: root, "
+                  f"ansible_ssh_private_key_file: {key}, host_id: {i}, host_label: {h.name}}}"]
     (tmp / "ansible.yml").write_text("\n".join(lines) + "\n")
     # pyinfra
     entries = ",\n".join(
@@ -116,7 +115,8 @@ def command_for(tool: str, inv: Path, hosts, tmp: Path) -> tuple[list[str], dict
         cp = Path(tempfile.mkdtemp(prefix="cp", dir=tmp))  # a fresh ControlPath dir: a cold run, like the baseline
         env.update(ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="False",
                    ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp), ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),
-                   ANSIBLE_SSH_ARGS=f"-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile={BENCH_HOME / 'known_hosts'} "
+                   ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=60s "
+                                    f"-o UserKnownHostsFile={BENCH_HOME / 'known_hosts'} "
                                     "-o StrictHostKeyChecking=yes", ANSIBLE_PYTHON_INTERPRETER="auto_silent")
         return [str(ensure_peer("ansible")), "-i", str(inv), str(HERE / "ansible" / "playbook.yml"),
                 "-f", str(min(len(hosts), 50))], env
@@ -176,7 +176,6 @@ def bench_tool(tool: str, hosts, inv: Path, runs: int, tmp: Path) -> dict:  # no
 
 def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
     from gpuprov import api
-    from gpuprov.sim import control as lab_control
     from gpuprov.provision import provision
 
     sel = api.select_hosts(",".join(h.name for h in hosts))
@@ -212,7 +211,6 @@ print(json.dumps({"median_ms": ts[len(ts) // 2], "p90_ms": ts[int(len(ts) * 0.9)
 
 def bench_tunnel(host, n: int = 300) -> dict:  # noqa: ANN001
     from gpuprov import api
-    from gpuprov.sim import control as lab_control
 
     h = api.select_hosts(host.name)[0]
     r = api.open_runner(h, api.known_hosts())
@@ -251,7 +249,8 @@ def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=(
             invs = write_inventories(lab, sel, tmp)
             for tool in tools:
                 log(f"{tool} × {n} hosts: warm-up + {runs} runs")
-                row = bench_tool(tool, sel, invs[tool], runs if not (tool == "ansible" and n >= 50) else max(1, min(runs, 2)), tmp)
+                row = bench_tool(tool, sel, invs[tool],
+                                 runs if not (tool == "ansible" and n >= 50) else max(1, min(runs, 2)), tmp)
                 result["rows"].append(row)
                 log(json.dumps(row))
         for n in provision_sizes if provision_sizes is not None else [s for s in sizes if s <= 10]:

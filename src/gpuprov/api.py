@@ -6,8 +6,6 @@ error is kept, as the exception itself, in its ``HostOutcome`` and never stops t
 
 from __future__ import annotations
 
-import shlex
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +14,12 @@ from typing import Any
 from . import settings
 from .connection import known_hosts, open_runner, ssh_config_aliases
 from .errors import UsageError
-from .executor import HostRun, RunOptions, gather, run_play, template_dirs
+from .executor import HostRun, RunOptions, apply_one, run_play, service_op, template_dirs
 from .facts import Facts
 from .fleet import EXIT_FAILED, EXIT_OK, HostOutcome, for_each_host
 from .health import wait_ready
 from .inventory import Host, Inventory, parse_extra_vars
-from .ops import NoOp, OpContext
-from .ops.service import Service
+from .layout import HostLayout
 from .plan import Plan, engine_vars
 from .playbook import Templar, load_playbook
 from .probe import read_facts_file, run_probe
@@ -30,7 +27,8 @@ from .provision import plan_for, provision
 from .status import read_status
 from .tunnel import Tunnel, pick_port
 
-__all__ = ["HostOutcome", "api_key_path", "control", "forget_host", "known_hosts", "load_inventory", "open_tunnel", "provision",
+__all__ = ["HostOutcome", "api_key_path", "control", "forget_host", "known_hosts", "load_inventory", "open_tunnel",
+           "provision",
            "plan", "plan_offline", "play", "probe", "select_hosts", "status", "stream_logs", "teardown"]
 
 
@@ -192,30 +190,20 @@ def control(hosts: Sequence[Host], action: str, wait: bool = True, timeout: floa
     if action not in ("start", "stop", "restart"):
         raise UsageError(f"unknown action {action!r}")
 
-    def one(h: Host):  # noqa: ANN202
+    def one(h: Host) -> ControlResult:
         r = open_runner(h, known_hosts())
         try:
             st, raw = read_status(r)
             if st.service == "not-installed":
                 raise UsageError(f"{h.name}: nothing provisioned here (no state.json); run `invoke provision` first")
-            s, root = raw["state"], raw["root"]
-            args = {"name": s["service"], "manager": s["service_manager"],
-                    "state": {"start": "started", "stop": "stopped", "restart": "restarted"}[action]}
-            if s["service_manager"] == "supervisor":
-                args.update(command=[f"{root}/bin/vllm-serve"], env_file=s["env_file"], log=s["log"],
-                            pidfile=s["pidfile"], supervisor=f"{root}/bin/gpuprov-supervise", workdir=root)
-            op = Service(args, action)
-            ctx = OpContext(r, None)
-
-            decision = op.check(ctx, gather(r, op.queries(ctx)))
-            changed = not isinstance(decision, NoOp)
-            if changed:
-                for cmd in decision.commands:
-                    r.run(cmd.argv, timeout=cmd.timeout).check()
+            s = raw["state"]
+            lay = HostLayout.from_state(s, raw["root"])
+            state = {"start": "started", "stop": "stopped", "restart": "restarted"}[action]
+            changed = apply_one(r, service_op(lay, s["service_manager"], state, action))
             ready = None
             if wait and action != "stop":
-                ready = wait_ready(r, manager=s["service_manager"], unit=s["service"], log=s["log"],
-                                   pidfile=s["pidfile"], port=s["engine_port"], env_file=s["env_file"],
+                ready = wait_ready(r, manager=s["service_manager"], unit=lay.service, log=lay.log,
+                                   pidfile=lay.pidfile, port=s["engine_port"], env_file=lay.env_file,
                                    model=s["model"], timeout=timeout)
             return ControlResult(changed, ready)
         finally:
@@ -242,21 +230,16 @@ def stream_logs(host: Host, lines: int, follow: bool, write) -> None:  # noqa: A
         if not follow:
             write(r.run(argv, timeout=60).stdout)
             return
-
-        chan = r.transport.open_session(timeout=10)
-        chan.exec_command(shlex.join(argv))
-        chan.settimeout(1.0)
+        stream = r.open_stream(argv)
         try:
             while True:
-                try:
-                    data = chan.recv(65536)
-                except socket.timeout:
-                    continue
-                if not data:
+                data = stream.recv(65536, 1.0)
+                if data == b"":
                     break
-                write(data.decode("utf-8", "replace"))
+                if data:
+                    write(data.decode("utf-8", "replace"))
         finally:
-            chan.close()
+            stream.close()
     finally:
         r.close()
 
@@ -273,8 +256,9 @@ def teardown(hosts: Sequence[Host], purge: bool = False, on_event=None) -> list[
             if st.service == "not-installed":
                 return None
             s = raw["state"]
+            lay = HostLayout.from_state(s, raw["root"])
             unit_exists = s["service_manager"] == "systemd" and st.service != "unknown"
-            extra = {"st": s, "root": raw["root"], "purge": purge, "unit_exists": unit_exists}
+            extra = {"st": s, "root": lay.root, "lay": lay, "purge": purge, "unit_exists": unit_exists}
             recap = HostRun(play_, h, r, None, extra, Templar(template_dirs(path)), RunOptions(on_event=on_event)).run()
             if not recap.failed:
                 kf = settings.api_key_file(h.name)

@@ -9,10 +9,11 @@ older drivers, compute capability < 7.5, no GPU, or an unsupported CPU arch are 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -25,10 +26,11 @@ def vtuple(v: str | float | None) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", str(v))[:4])
 
 
-@lru_cache(maxsize=None)
+@cache
 def data_file(name: str) -> Mapping[str, Any]:
     """A YAML data file shipped in ``gpuprov/data`` (compat matrix, flag table, model catalog), read once."""
-    return yaml.safe_load(resources.files("gpuprov").joinpath(f"data/{name}").read_text())
+    data: Mapping[str, Any] = yaml.safe_load(resources.files("gpuprov").joinpath(f"data/{name}").read_text())
+    return data
 
 
 def matrix() -> Mapping[str, Any]:
@@ -68,64 +70,88 @@ def _pick_python(facts: Facts, lo: float, hi: float) -> tuple[str, bool]:
     return "3.12", True
 
 
+def _host_refusal(facts: Facts, m: Mapping[str, Any]) -> Refusal | None:
+    """No GPU, an architecture or a C library the wheels do not support."""
+    if not facts.gpus:
+        return Refusal(
+            f"no usable NVIDIA GPU: {facts.gpu_error or 'none found'}",
+            ("use a host with an NVIDIA GPU and a loaded driver (nvidia-smi must work there)",
+             "if the driver was just upgraded, reboot the host (NVML/driver mismatch clears on reboot)"))
+    if facts.arch and facts.arch not in m["archs"]:
+        return Refusal(f"CPU architecture {facts.arch} has no vLLM CUDA wheels",
+                       (f"use an {' or '.join(m['archs'])} host",))
+    if facts.glibc and vtuple(facts.glibc.split()[-1]) < vtuple(m["manylinux_glibc"]):
+        return Refusal(f"{facts.glibc} is older than the {m['manylinux_glibc']} the manylinux_2_28 wheels need",
+                       ("use a newer OS image (Debian 12, Ubuntu 22.04 or later)",))
+    return None
+
+
+def _cc_refusal(facts: Facts, m: Mapping[str, Any], model_min_cc: str | None, why: list[str]) -> Refusal | None:
+    """The GPUs' compute capability against the wheels' floor and the model's (MXFP4 kernels need 8.0)."""
+    lowest_cc = min((g.compute_capability for g in facts.gpus if g.compute_capability), key=vtuple, default=None)
+    if lowest_cc is None:
+        return Refusal("the GPUs' compute capability is unknown", ("probe again with a newer nvidia-smi",))
+    need_cc = max(m["min_compute_capability"], model_min_cc or "0", key=vtuple)
+    if vtuple(lowest_cc) >= vtuple(need_cc):
+        why.append(f"compute capability {lowest_cc} >= {need_cc}")
+        return None
+    gpu = facts.gpus[0].name
+    if model_min_cc and vtuple(model_min_cc) > vtuple(m["min_compute_capability"]) and vtuple(lowest_cc) >= vtuple(
+            m["min_compute_capability"]):
+        return Refusal(f"{gpu} has compute capability {lowest_cc}; this model needs >= {model_min_cc}",
+                       ("use an Ampere or newer GPU (A10, A100, L4, L40S, RTX 30xx/40xx, H100)",
+                        "serve a model without this requirement"))
+    return Refusal(f"{gpu} has compute capability {lowest_cc}; current vLLM CUDA wheels need >= "
+                   f"{m['min_compute_capability']} (CUDA 13 dropped Maxwell, Pascal and Volta)",
+                   ("use a Turing or newer GPU (T4, A10, L4, A100, L40S, RTX 20xx and up, H100)",))
+
+
+def _releases(m: Mapping[str, Any], pin: str | None, model_min_vllm: str | None) -> list[Mapping[str, Any]] | Refusal:
+    releases: list[Mapping[str, Any]] = m["vllm"]
+    if model_min_vllm:
+        releases = [r for r in releases if vtuple(r["version"]) >= vtuple(model_min_vllm)]
+    if not pin:
+        return releases
+    rel = [r for r in releases if r["version"] == str(pin)]
+    if rel:
+        return rel
+    known = ", ".join(r["version"] for r in m["vllm"])
+    return Refusal(f"vllm_version {pin} is not in the compatibility table (updated {m['updated']})",
+                   (f"pin one of: {known}", "or unset vllm_version to let gpuprov choose"))
+
+
 def choose_build(facts: Facts, pin: str | None = None, model_min_cc: str | None = None,
                  model_min_vllm: str | None = None) -> tuple[Build | None, Refusal | None, list[str]]:
     """facts (+ a user's ``vllm_version`` pin) → the build to install, or a refusal; plus the reasons."""
     m = matrix()
     why: list[str] = []
-    if not facts.gpus:
-        return None, Refusal(
-            f"no usable NVIDIA GPU: {facts.gpu_error or 'none found'}",
-            ("use a host with an NVIDIA GPU and a loaded driver (nvidia-smi must work there)",
-             "if the driver was just upgraded, reboot the host (NVML/driver mismatch clears on reboot)"),
-        ), why
-    if facts.arch and facts.arch not in m["archs"]:
-        return None, Refusal(f"CPU architecture {facts.arch} has no vLLM CUDA wheels",
-                             (f"use an {' or '.join(m['archs'])} host",)), why
-    if facts.glibc and vtuple(facts.glibc.split()[-1]) < vtuple(m["manylinux_glibc"]):
-        return None, Refusal(f"{facts.glibc} is older than the {m['manylinux_glibc']} the manylinux_2_28 wheels need",
-                             ("use a newer OS image (Debian 12, Ubuntu 22.04 or later)",)), why
-    ccs = [g.compute_capability for g in facts.gpus]
-    lowest_cc = min((c for c in ccs if c), key=vtuple, default=None)
-    if lowest_cc is None:
-        return None, Refusal("the GPUs' compute capability is unknown", ("probe again with a newer nvidia-smi",)), why
-    need_cc = max(m["min_compute_capability"], model_min_cc or "0", key=vtuple)
-    if vtuple(lowest_cc) < vtuple(need_cc):
-        gpu = facts.gpus[0].name
-        if model_min_cc and vtuple(model_min_cc) > vtuple(m["min_compute_capability"]) and vtuple(lowest_cc) >= vtuple(
-                m["min_compute_capability"]):
-            reason = f"{gpu} has compute capability {lowest_cc}; this model needs >= {model_min_cc}"
-            ways = ("use an Ampere or newer GPU (A10, A100, L4, L40S, RTX 30xx/40xx, H100)", "serve a model without this requirement")
-        else:
-            reason = (f"{gpu} has compute capability {lowest_cc}; current vLLM CUDA wheels need >= "
-                      f"{m['min_compute_capability']} (CUDA 13 dropped Maxwell, Pascal and Volta)")
-            ways = ("use a Turing or newer GPU (T4, A10, L4, A100, L40S, RTX 20xx and up, H100)",)
-        return None, Refusal(reason, ways), why
-    why.append(f"compute capability {lowest_cc} >= {need_cc}")
-
+    refusal = _host_refusal(facts, m) or _cc_refusal(facts, m, model_min_cc, why)
+    if refusal:
+        return None, refusal, why
     driver = facts.driver_version
     if not driver:
         return None, Refusal("the NVIDIA driver version is unknown", ("check that nvidia-smi works on the host",)), why
-    dv = vtuple(driver)
-    cu13 = vtuple(m["cuda_families"]["13"]["min_driver"])
-    cu12 = vtuple(m["cuda_families"]["12"]["min_driver"])
-    datacenter = all(is_datacenter(g.name) for g in facts.gpus)
+    ccs = [g.compute_capability for g in facts.gpus]
     cc_driver = max((m["min_driver_by_cc"].get(c, "0") for c in ccs if c), key=vtuple, default="0")
-    if dv < vtuple(cc_driver):
+    if vtuple(driver) < vtuple(cc_driver):
+        lowest_cc = min((c for c in ccs if c), key=vtuple)
         return None, Refusal(
             f"{facts.gpus[0].name} (compute capability {lowest_cc}) needs driver >= {cc_driver}; the host has {driver}",
             (f"upgrade the NVIDIA driver to >= {cc_driver} (R580 or newer recommended)",)), why
+    releases = _releases(m, pin, model_min_vllm)
+    if isinstance(releases, Refusal):
+        return None, releases, why
+    return _by_driver(facts, m, releases, pin, why)
 
-    releases = m["vllm"]
-    if model_min_vllm:
-        releases = [r for r in releases if vtuple(r["version"]) >= vtuple(model_min_vllm)]
-    if pin:
-        rel = [r for r in releases if r["version"] == str(pin)]
-        if not rel:
-            known = ", ".join(r["version"] for r in m["vllm"])
-            return None, Refusal(f"vllm_version {pin} is not in the compatibility table (updated {m['updated']})",
-                                 (f"pin one of: {known}", "or unset vllm_version to let gpuprov choose")), why
-        releases = rel
+
+def _by_driver(facts: Facts, m: Mapping[str, Any], releases: list[Mapping[str, Any]], pin: str | None,
+               why: list[str]) -> tuple[Build | None, Refusal | None, list[str]]:
+    """The CUDA family the driver runs picks the release and variant: cu130 on R580+, +cu129 on 525–579 (or CUDA 13
+    with forward compatibility on a data center GPU when only a CUDA-13 build fits)."""
+    driver = str(facts.driver_version)
+    dv = vtuple(driver)
+    ccs = [g.compute_capability for g in facts.gpus]
+    datacenter = all(is_datacenter(g.name) for g in facts.gpus)
 
     def build(rel: Mapping[str, Any], variant: str, compat: bool) -> Build:
         v = rel["variants"][variant]
@@ -134,12 +160,12 @@ def choose_build(facts: Facts, pin: str | None = None, model_min_cc: str | None 
         return Build(rel["version"], variant, v["cuda"], rel["torch"], v["torch_backend"], v.get("extra_index"),
                      compat, py, managed, bool(rel.get("download_kernels")), env)
 
-    if dv >= cu13:
+    if dv >= vtuple(m["cuda_families"]["13"]["min_driver"]):
         rel = releases[0]
         why.append(f"driver {driver} >= {m['cuda_families']['13']['min_driver']} runs CUDA 13: "
                    f"vLLM {rel['version']} default cu130 wheel")
         return build(rel, "cu130", False), None, why
-    if dv >= cu12:
+    if dv >= vtuple(m["cuda_families"]["12"]["min_driver"]):
         cu129 = [r for r in releases if "cu129" in r["variants"]
                  and not (set(r["variants"]["cu129"].get("skips_cc", [])) & set(ccs))]
         fc = m["forward_compat"]
@@ -149,10 +175,11 @@ def choose_build(facts: Facts, pin: str | None = None, model_min_cc: str | None 
                 why.append(f"vLLM {pin} has no cu129 wheel; data center GPU on R{dv[0]}: CUDA 13 wheel with "
                            f"forward compatibility ({fc['apt_package']})")
                 return build(releases[0], "cu130", True), None, why
+            consumer = "" if datacenter else (f", and forward compatibility does not work on {facts.gpus[0].name} "
+                                              "(consumer GPU)")
             return None, Refusal(
-                f"vLLM {pin} is built for CUDA 13 only, which needs driver >= {m['cuda_families']['13']['min_driver']}; "
-                f"the host has {driver}" + ("" if datacenter else
-                                            f", and forward compatibility does not work on {facts.gpus[0].name} (consumer GPU)"),
+                f"vLLM {pin} is built for CUDA 13 only, which needs driver >= "
+                f"{m['cuda_families']['13']['min_driver']}; the host has {driver}{consumer}",
                 ("upgrade the driver to R580 or newer",
                  "or unpin vllm_version (0.32.0 is the newest release with a CUDA 12.9 build)")), why
         if cu129:

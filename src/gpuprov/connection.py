@@ -18,9 +18,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import paramiko
 
@@ -50,7 +51,7 @@ class Result:
     def ok(self) -> bool:
         return self.exit_status == 0
 
-    def check(self) -> "Result":
+    def check(self) -> Result:
         if self.exit_status != 0:
             tail = "\n".join(self.stderr.strip().splitlines()[-5:])
             raise RemoteError(
@@ -61,14 +62,84 @@ class Result:
         return self
 
 
-class Runner(Protocol):
+class Stream(Protocol):
+    """A long-running command whose output is read as it comes and whose stdin stays open (the host lock, logs -f)."""
+
+    def recv(self, n: int, timeout: float) -> bytes | None:
+        """Up to ``n`` bytes of output (stdout and stderr); b"" once it ended; None when ``timeout`` passed."""
+        ...
+
+    def close(self) -> None:
+        """Close stdin and stop reading (the command sees EOF; a lock holder lets go)."""
+        ...
+
+
+class Runner:
+    """What every runner does, SSH or local: run a command, upload a file, open a stream, count execs, close."""
+
     host: Host
+    exec_count: int = 0
 
-    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result: ...
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        raise NotImplementedError
 
-    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None: ...
+    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.run(put_argv(path, mode), stdin=data, timeout=timeout).check()
 
-    def close(self) -> None: ...
+    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> Stream:
+        raise NotImplementedError
+
+    def sftp_works(self, timeout: float = 5.0) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ChannelStream:
+    def __init__(self, chan: paramiko.Channel):
+        self.chan = chan
+
+    def recv(self, n: int, timeout: float) -> bytes | None:
+        self.chan.settimeout(timeout)
+        try:
+            return self.chan.recv(n)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        try:
+            self.chan.shutdown_write()
+            self.chan.close()
+        except Exception:  # noqa: BLE001 - the connection may already be gone, which closes it too
+            pass
+
+
+class ProcessStream:
+    def __init__(self, argv: Sequence[str]):
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def recv(self, n: int, timeout: float) -> bytes | None:
+        import select
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return os.read(self.proc.stdout.fileno(), n) if ready else None
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # our own child (by PID): a follower such as `tail -F` never ends alone
+            self.proc.terminate()
+            self.proc.wait(5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 def _shown(cmd: str, limit: int = 300) -> str:
@@ -118,7 +189,7 @@ class KnownHosts:
                     keys.load(str(f))
                 except (OSError, paramiko.SSHException):
                     pass
-                cached = keys._entries  # noqa: SLF001
+                cached = keys._entries  # type: ignore[attr-defined]  # noqa: SLF001 - parsed once, shared
                 with self._lock:
                     KnownHosts._cache = {k: v for k, v in KnownHosts._cache.items() if k[0] != str(f)}
                     KnownHosts._cache[key] = cached
@@ -130,7 +201,7 @@ class KnownHosts:
         keys = paramiko.HostKeys()
         for e in self._entries():
             if name is None or name in e.hostnames or any(h.startswith("|1|") for h in e.hostnames):
-                keys._entries.append(e)  # noqa: SLF001
+                keys._entries.append(e)  # type: ignore[attr-defined]  # noqa: SLF001
         return keys
 
     def pin(self, name: str, key: paramiko.PKey) -> None:
@@ -216,7 +287,7 @@ class QuickAckSocket:
 
 
 
-class SSHRunner:
+class SSHRunner(Runner):
     """One paramiko SSH connection to one host; exec with stdin and timeouts; TCP_NODELAY and keepalive on."""
 
     def __init__(
@@ -233,7 +304,7 @@ class SSHRunner:
         self._gateway: paramiko.SSHClient | None = None
 
     # ----------------------------------------------------------- connect
-    def connect(self) -> "SSHRunner":
+    def connect(self) -> SSHRunner:
         if self._client is not None:
             return self
         h = self.host
@@ -253,22 +324,23 @@ class SSHRunner:
         else:
             try:
                 sock = QuickAckSocket(socket.create_connection((address, port), timeout=self.connect_timeout))
-            except (OSError, socket.timeout) as e:
-                reason = f"no answer within {self.connect_timeout:g} s" if isinstance(e, (socket.timeout, TimeoutError)) else str(e)
+            except (TimeoutError, OSError) as e:
+                reason = f"no answer within {self.connect_timeout:g} s" if isinstance(e, TimeoutError) else str(e)
                 raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
         client = paramiko.SSHClient()
-        client._host_keys = self.known_hosts.load(KnownHosts.key_name(address, port))  # noqa: SLF001
+        # only the entries that can match this host: paramiko would otherwise scan every pinned key
+        client._host_keys = self.known_hosts.load(KnownHosts.key_name(address, port))  # type: ignore[attr-defined]
         client.set_missing_host_key_policy(self.known_hosts.policy())
         try:
             client.connect(
                 address,
                 port=port,
                 username=user,
-                key_filename=key_files or None,
+                key_filename=key_files or None,  # type: ignore[arg-type]  # a list works (paramiko's docs)
                 timeout=self.connect_timeout,
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
-                sock=sock,
+                sock=sock,  # type: ignore[arg-type]  # a QuickAckSocket or a jump host's channel
                 allow_agent=not key_files,
                 look_for_keys=not key_files,
             )
@@ -342,9 +414,9 @@ class SSHRunner:
             out = _read_all(chan.recv, start + timeout)
             err_thread.join(max(0.0, start + timeout - time.monotonic()))
             if not chan.status_event.wait(max(0.0, start + timeout - time.monotonic())):
-                raise socket.timeout()
+                raise TimeoutError()
             status = chan.recv_exit_status()
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             chan.close()
             raise RemoteTimeout(f"{self.host.name}: {cmd[:120]} ran past {timeout:g} s") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -359,8 +431,17 @@ class SSHRunner:
             time.monotonic() - start,
         )
 
-    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.run(put_argv(path, mode), stdin=data, timeout=timeout).check()
+    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> Stream:
+        cmd = shlex.join(str(a) for a in argv)
+        log.debug("%s $ %s (stream)", self.host.name, _shown(cmd))
+        try:
+            chan = self.transport.open_session(timeout=timeout)
+            chan.set_combine_stderr(True)
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise ConnectError(f"{self.host.name}: cannot open a session: {e or type(e).__name__}") from None
+        self.exec_count += 1
+        return ChannelStream(chan)
 
     def sftp_works(self, timeout: float = 5.0) -> bool:
         try:
@@ -379,11 +460,11 @@ class SSHRunner:
         self._client = self._gateway = None
 
 
-def _read_all(recv, deadline: float) -> bytes:  # noqa: ANN001
-    chunks = []
+def _read_all(recv: Callable[[int], bytes], deadline: float) -> bytes:
+    chunks: list[bytes] = []
     while True:
         if time.monotonic() > deadline:
-            raise socket.timeout()
+            raise TimeoutError()
         data = recv(65536)
         if not data:
             return b"".join(chunks)
@@ -397,7 +478,7 @@ def _drain_stderr(chan: paramiko.Channel, buf: io.BytesIO) -> None:
             if not data:
                 return
             buf.write(data)
-    except (socket.timeout, OSError, EOFError, paramiko.SSHException):
+    except (TimeoutError, OSError, EOFError, paramiko.SSHException):
         return
 
 
@@ -423,14 +504,14 @@ def ssh_config_aliases() -> list[str]:
 # --------------------------------------------------------------------------- local
 
 
-class LocalRunner:
+class LocalRunner(Runner):
     """Runs on the machine you stand on (``--host local``)."""
 
     def __init__(self, host: Host):
         self.host = host
         self.exec_count = 0
 
-    def connect(self) -> "LocalRunner":
+    def connect(self) -> LocalRunner:
         return self
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
@@ -449,8 +530,10 @@ class LocalRunner:
             time.monotonic() - start,
         )
 
-    def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.run(put_argv(path, mode), stdin=data, timeout=timeout).check()
+    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> Stream:
+        log.debug("%s $ %s (stream)", self.host.name, _shown(shlex.join(str(a) for a in argv)))
+        self.exec_count += 1
+        return ProcessStream([str(a) for a in argv])
 
     def sftp_works(self, timeout: float = 5.0) -> bool:
         return True

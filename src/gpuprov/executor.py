@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from . import settings
 from .errors import ConnectError, GpuprovError, RemoteError, UsageError
@@ -61,7 +62,7 @@ class HostRecap:
             return EXIT_UNREACHABLE
         return EXIT_FAILED if self.failed or self.error else EXIT_OK
 
-    def merge(self, other: "HostRecap") -> None:
+    def merge(self, other: HostRecap) -> None:
         """Add a later play's recap for the same host."""
         for k in ("ok", "changed", "failed", "skipped", "time_s", "execs"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
@@ -71,7 +72,7 @@ class HostRecap:
         self.results += other.results
 
     @classmethod
-    def of_error(cls, host: str, e: BaseException, time_s: float = 0.0, execs: int = 0) -> "HostRecap":
+    def of_error(cls, host: str, e: BaseException, time_s: float = 0.0, execs: int = 0) -> HostRecap:
         """The recap of a run that an error ended before or between tasks."""
         if isinstance(e, ConnectError):
             return cls(host, unreachable=True, error=one_line(e), time_s=time_s, execs=execs)
@@ -146,7 +147,7 @@ class HostRun:
         args = self.templar.render(t.args, self.ctx, t.name)
         if not t.secret:
             self._no_secret_in(args, t)
-        op = Op.registry[t.op](args, t.name)
+        op = Op.registry[str(t.op)](args, t.name)
         if isinstance(op, Template):
             text = self.templar.render_file(str(op.a["src"]), {**self.ctx, **(op.a.get("vars") or {})}, t.name)
             if not t.secret:
@@ -254,8 +255,9 @@ class HostRun:
             self._finish(t, r, {"skipped": True, "changed": False})
             return True
         octx = OpContext(self.runner, self.facts, self.opts.check, t.become)
-        if self.opts.on_progress:
-            octx.on_progress = lambda text: self.opts.on_progress(self.host.name, text)
+        report_progress = self.opts.on_progress
+        if report_progress:
+            octx.on_progress = lambda text: report_progress(self.host.name, text)
         try:
             op = prepared[0] if prepared else self._build_op(t)
         except UsageError as e:
@@ -281,37 +283,7 @@ class HostRun:
                                f"would {decision.summary}" if decision.changes else "skipped in check mode")
                 result["changed"] = decision.changes
             else:
-                outputs = []
-                failed_msg = None
-                for cmd in decision.commands:
-                    argv = cmd.argv
-                    if self.work_lock:
-                        argv = ("flock", "-s", "-o", self.work_lock, *argv)
-                    res = self.runner.run(argv, stdin=cmd.stdin, timeout=cmd.timeout)
-                    outputs.append(res)
-                    if res.exit_status != 0 and t.failed_when is None:
-                        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
-                        failed_msg = f"{cmd.label or cmd.argv[0]} exited {res.exit_status}: {tail}"
-                        break
-                if failed_msg is None and decision.poll is not None:
-                    try:
-                        decision.poll(self.runner, octx)
-                    except RemoteError as e:
-                        failed_msg = str(e)
-                result.update(op.result(octx, outputs))
-                result["changed"] = decision.changes
-                if decision.changes:
-                    self.dirty = True
-                if t.changed_when is not None:
-                    result["changed"] = self.templar.test(t.changed_when, self._with_result(t, result), t.name)
-                if t.failed_when is not None:
-                    failed = self.templar.test(t.failed_when, self._with_result(t, result), t.name)
-                    failed_msg = f"failed_when: {t.failed_when}" if failed else None
-                if failed_msg:
-                    result["failed"] = True
-                    r = TaskResult(t.name, "failed", self._redact(failed_msg))
-                else:
-                    r = TaskResult(t.name, "changed" if result["changed"] else "ok", decision.summary)
+                r = self._apply(t, op, octx, decision, result)
             if isinstance(decision, Change) and (self.opts.diff or self.opts.check):
                 r.diffs = [d.unified() if not t.secret else d.__class__(d.path, None, None, True).unified()
                            for d in decision.diffs]
@@ -331,6 +303,39 @@ class HostRun:
                 if n not in self.notified:
                     self.notified.append(n)
         return r.status != "failed"
+
+    def _apply(self, t: Task, op: Op, octx: OpContext, decision: Change, result: dict[str, Any]) -> TaskResult:
+        """Run exactly the change's commands (under the shared work lock), then poll; fill ``result``."""
+        outputs = []
+        failed_msg = None
+        for cmd in decision.commands:
+            argv = cmd.argv
+            if self.work_lock:
+                argv = ("flock", "-s", "-o", self.work_lock, *argv)
+            res = self.runner.run(argv, stdin=cmd.stdin, timeout=cmd.timeout)
+            outputs.append(res)
+            if res.exit_status != 0 and t.failed_when is None:
+                tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
+                failed_msg = f"{cmd.label or cmd.argv[0]} exited {res.exit_status}: {tail}"
+                break
+        if failed_msg is None and decision.poll is not None:
+            try:
+                decision.poll(self.runner, octx)
+            except RemoteError as e:
+                failed_msg = str(e)
+        result.update(op.result(octx, outputs))
+        result["changed"] = decision.changes
+        if decision.changes:
+            self.dirty = True
+        if t.changed_when is not None:
+            result["changed"] = self.templar.test(t.changed_when, self._with_result(t, result), t.name)
+        if t.failed_when is not None:
+            failed = self.templar.test(t.failed_when, self._with_result(t, result), t.name)
+            failed_msg = f"failed_when: {t.failed_when}" if failed else None
+        if failed_msg:
+            result["failed"] = True
+            return TaskResult(t.name, "failed", self._redact(failed_msg))
+        return TaskResult(t.name, "changed" if result["changed"] else "ok", decision.summary)
 
     def _with_result(self, t: Task, result: dict) -> dict:
         """Context for changed_when / failed_when / until: the result as ``result`` and by its register name."""
@@ -386,3 +391,30 @@ def template_dirs(playbook: Path) -> list[Path]:
     dirs = [playbook.parent / "templates", playbook.parent.parent / "templates", settings.project_root() / "templates",
             playbook.parent, playbook.parent.parent]
     return [d for d in dirs if d.is_dir()]
+
+
+def apply_one(runner: Any, op: Op, work_lock: str | None = None) -> bool:
+    """Decide and apply one operation outside a play (control verbs, roll-back): gather its state, check, run
+    exactly the change's commands (under the shared work lock when there is one). True when something changed;
+    a command that fails raises ``RemoteError``."""
+    ctx = OpContext(runner, None)
+    decision = op.check(ctx, gather(runner, op.queries(ctx)))
+    if isinstance(decision, NoOp):
+        return False
+    for cmd in decision.commands:
+        argv = tuple(cmd.argv)
+        if work_lock:
+            argv = ("flock", "-s", "-o", work_lock, *argv)
+        runner.run(argv, stdin=cmd.stdin, timeout=cmd.timeout).check()
+    return True
+
+
+def service_op(layout: Any, manager: str, state: str, title: str) -> Op:
+    """The ``service`` operation for gpuprov's own engine service at ``layout`` (a ``HostLayout``)."""
+    from .ops.service import Service
+
+    args: dict[str, Any] = {"name": layout.service, "manager": manager, "state": state}
+    if manager == "supervisor":
+        args.update(command=[layout.launcher], env_file=layout.env_file, log=layout.log, pidfile=layout.pidfile,
+                    supervisor=layout.supervisor, workdir=layout.root)
+    return Service(args, title)

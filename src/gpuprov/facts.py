@@ -10,8 +10,9 @@ import csv
 import io
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 # Compute capability by GPU name, for drivers whose nvidia-smi cannot report it (compute_cap arrived in
 # the 510 branch). First match wins, so more specific patterns come first. Sources: NVIDIA's CUDA GPUs
@@ -111,7 +112,7 @@ class Facts:
         return d
 
     @classmethod
-    def from_json(cls, d: Any) -> "Facts":
+    def from_json(cls, d: Any) -> Facts:
         """Read back what ``to_json`` wrote (``invoke probe --json``), for offline planning. The shape is checked
         (README, "Facts files"); a value of the wrong type is a ``ValueError`` naming the field."""
         if not isinstance(d, Mapping):
@@ -185,8 +186,9 @@ def _gpu_from_json(i: int, g: Any) -> GPU:
     for j, m in enumerate(migs):
         if not isinstance(m, Mapping) or "index" not in m or "memory_total_mib" not in m:
             raise ValueError(f"{where}.mig_devices[{j}] must be an object with index and memory_total_mib")
-        mig_devices.append(MigDevice(**{k: _check(f"{where}.mig_devices[{j}].{k}", v, "count")
-                                        for k, v in m.items() if k in MigDevice.__dataclass_fields__ and v is not None}))
+        fields_ = {k: _check(f"{where}.mig_devices[{j}].{k}", v, "count")
+                   for k, v in m.items() if k in MigDevice.__dataclass_fields__ and v is not None}
+        mig_devices.append(MigDevice(**fields_))
     if "compute_capability" not in kw:
         kw["compute_capability"] = cc_from_name(kw["name"])
     return GPU(**kw, mig_devices=tuple(mig_devices))
@@ -319,7 +321,7 @@ def parse_smi_xml(text: str, compute_caps: Mapping[int, str] | None = None) -> G
     for i, g in enumerate(root.findall("gpu")):
         name = t(g, "product_name") or "unknown"
         index = i
-        migs = []
+        migs: list[MigDevice] = []
         for m in g.findall("mig_devices/mig_device"):
             migs.append(
                 MigDevice(
@@ -376,7 +378,7 @@ def parse_smi_csv(text: str) -> GpuReport:
     gpus = []
     driver = None
     for i, row in enumerate(rows[1:]):
-        d = dict(zip(header, (c.strip() for c in row)))
+        d = dict(zip(header, (c.strip() for c in row), strict=False))  # short rows: the rest is unknown
         name = _na(d.get("name")) or "unknown"
         driver = driver or _na(d.get("driver_version"))
         mem_total = _mib(d.get("memory.total"))
@@ -410,7 +412,8 @@ _ROW1 = re.compile(
     r"^\|\s+(?P<idx>\d+)\s+(?P<name>.+?)\s+(?:On|Off|WDDM|TCC)\s*\|\s+(?P<bus>[0-9A-Fa-f]{8}:[0-9A-Fa-f:.]+)\s+(?:On|Off)\s+\|"
 )
 _ROW2_MEM = re.compile(r"\|\s+(?P<used>\d+)MiB\s*/\s*(?P<total>\d+)MiB\s+\|")
-_MIG_ROW = re.compile(r"^\|\s+(?P<gpu>\d+)\s+(?P<gi>\d+)\s+(?P<ci>\d+)\s+(?P<dev>\d+)\s+\|\s+(?P<used>\d+)MiB\s*/\s*(?P<total>\d+)MiB")
+_MIG_ROW = re.compile(r"^\|\s+(?P<gpu>\d+)\s+(?P<gi>\d+)\s+(?P<ci>\d+)\s+(?P<dev>\d+)\s+\|"
+                      r"\s+(?P<used>\d+)MiB\s*/\s*(?P<total>\d+)MiB")
 
 
 def parse_smi_table(text: str) -> GpuReport:
@@ -510,7 +513,8 @@ def gpu_report_from_probe(raw: Mapping[str, Any]) -> GpuReport:
             caps = parse_compute_caps((smi.get("compute_cap") or {}).get("out", ""))
             rep = parse_smi_xml(xml["out"], caps)
             if rep.error is None and not rep.gpus:
-                return GpuReport(rep.source, rep.driver_version, rep.cuda_driver_version, (), "nvidia-smi lists no GPUs")
+                return GpuReport(rep.source, rep.driver_version, rep.cuda_driver_version, (),
+                                 "nvidia-smi lists no GPUs")
             return rep
         return GpuReport("nvidia-smi", error=_smi_error(xml))
     if nvml_note:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import floor
+from typing import Any
 
 from .models import GIB, ModelSpec
 
@@ -55,7 +56,7 @@ class Sizing:
     sliding_overhead_gib: float
     max_len_that_fits: int  # may be < 0 when the weights do not fit
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .status import REMOTE_HELPERS
 
@@ -75,7 +76,8 @@ try:
     with urllib.request.urlopen(req, timeout=a["timeout"]) as r:
         d = json.loads(r.read())
     print(json.dumps({"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
-                      "content": d["choices"][0]["message"].get("content"), "finish_reason": d["choices"][0].get("finish_reason")}))
+                      "content": d["choices"][0]["message"].get("content"),
+                      "finish_reason": d["choices"][0].get("finish_reason")}))
 except Exception as e:
     print(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}))
 """
@@ -107,7 +109,8 @@ DIAGNOSES = [
                f"provision again with -e max_model_len={m.group(1)} (or kv_cache_dtype=fp8, or more GPUs)"),
     (re.compile(r"maximum number of tokens that can be stored in KV cache \((\d+)\)"),
      lambda m: f"the KV cache holds {m.group(1)} tokens: set max_model_len <= {m.group(1)}"),
-    (re.compile(r"NVIDIA driver on your system is too old|CUDA driver version is insufficient|forward compatibility was attempted"),
+    (re.compile(r"NVIDIA driver on your system is too old|CUDA driver version is insufficient"
+                r"|forward compatibility was attempted"),
      lambda m: "the driver is too old for this CUDA build: re-plan (gpuprov picks the +cu129 build for 525–579 "
                "drivers) or upgrade the driver to R580+"),
     (re.compile(r"CUDA out of memory|OutOfMemoryError"),
@@ -207,7 +210,11 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
         res = runner.run(["python3", "-c", POLL_SCRIPT, json.dumps(args)], timeout=30)
         if res.exit_status != 0:
             return Readiness(False, time.monotonic() - prog.started, error=f"poll failed: {res.stderr.strip()[-300:]}")
-        d = json.loads(res.stdout)
+        try:
+            d = json.loads(res.stdout)
+        except ValueError:
+            return Readiness(False, time.monotonic() - prog.started,
+                             error=f"the readiness poll printed no JSON: {res.stdout.strip()[-200:] or 'no output'}")
         args["pos"] = d["pos"]
         for line in d["lines"]:
             prog.feed(line)

@@ -12,12 +12,12 @@ exclusive flock on that file: for the orphans to finish, before it looks at or c
 
 from __future__ import annotations
 
-import shlex
-import socket
 import time
 from typing import Any
 
-from .errors import ConnectError, GpuprovError, HostBusy
+from .errors import ConnectError, HostBusy
+
+__all__ = ["HostBusy", "HostLock", "LOCK_SCRIPT"]
 
 LOCK_SCRIPT = (
     "import fcntl, os, signal, sys, time\n"
@@ -45,33 +45,30 @@ class HostLock:
                  orphan_timeout: float = 900):
         self.runner, self.path, self.owner, self.wait = runner, path, owner, wait
         self.work_lock, self.orphan_timeout = work_lock, orphan_timeout
-        self.chan = None
+        self.stream: Any = None
 
-    def __enter__(self) -> "HostLock":
+    def __enter__(self) -> HostLock:
         deadline = time.monotonic() + self.wait
         while True:
-            chan = self.runner.transport.open_session(timeout=10)
-            chan.settimeout(30)
             argv = ["python3", "-c", LOCK_SCRIPT, self.path, self.owner]
             if self.work_lock:
                 argv += [self.work_lock, str(int(self.orphan_timeout))]
-            chan.exec_command(shlex.join(argv))
-            chan.settimeout(self.orphan_timeout + 30)
+            stream = self.runner.open_stream(argv, timeout=10)
             line = b""
-            try:
-                while not line.endswith(b"\n"):
-                    data = chan.recv(1)
-                    if not data:
-                        break
-                    line += data
-            except socket.timeout:
-                chan.close()
-                raise ConnectError(f"{self.runner.host.name}: no answer while taking the host lock") from None
+            until = time.monotonic() + self.orphan_timeout + 30
+            while not line.endswith(b"\n"):
+                data = stream.recv(1, max(0.1, until - time.monotonic()))
+                if data is None:
+                    stream.close()
+                    raise ConnectError(f"{self.runner.host.name}: no answer while taking the host lock")
+                if not data:
+                    break
+                line += data
             text = line.decode(errors="replace").strip()
             if text == "LOCKED":
-                self.chan = chan
+                self.stream = stream
                 return self
-            chan.close()
+            stream.close()
             if text == "ORPHANS":
                 raise HostBusy(f"{self.runner.host.name}: a command of an earlier, interrupted gpuprov run is still "
                                f"running after {self.orphan_timeout:g} s (it holds {self.work_lock}); wait for it "
@@ -84,10 +81,6 @@ class HostLock:
             time.sleep(1.0)
 
     def __exit__(self, *exc: object) -> None:
-        if self.chan is not None:
-            try:
-                self.chan.shutdown_write()
-                self.chan.close()
-            except Exception:  # noqa: BLE001 - the connection may already be gone: the lock is released then too
-                pass
-            self.chan = None
+        if self.stream is not None:
+            self.stream.close()  # stdin closes: the holder lets go (and it goes with the connection anyway)
+            self.stream = None

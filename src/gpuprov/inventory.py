@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -74,7 +75,7 @@ class Host:
     def is_local(self) -> bool:
         return self.address in ("local", "localhost-direct")
 
-    def with_vars(self, extra: Mapping[str, Any], source: str) -> "Host":
+    def with_vars(self, extra: Mapping[str, Any], source: str) -> Host:
         """A copy with ``extra`` layered on top (used for command-line vars)."""
         merged = dict(self.vars)
         for k, v in extra.items():
@@ -171,7 +172,7 @@ class Inventory:
 
     # ----------------------------------------------------------- loading
     @classmethod
-    def from_path(cls, path: str | Path, defaults: Mapping[str, Var] | None = None) -> "Inventory":
+    def from_path(cls, path: str | Path, defaults: Mapping[str, Var] | None = None) -> Inventory:
         p = Path(path)
         if p.is_dir():
             files = sorted(x for x in p.iterdir() if x.suffix in (".yml", ".yaml") and x.is_file())
@@ -333,8 +334,8 @@ class Inventory:
                 for h in members:
                     out[h] = self.host(h)
             elif part in aliases or _looks_adhoc(part):
-                h = parse_adhoc(part, self.defaults)
-                out[h.name] = h
+                adhoc = parse_adhoc(part, self.defaults)
+                out[adhoc.name] = adhoc
             else:
                 known = sorted(self.hosts) + sorted(g for g in self.groups if g != "all")
                 hint = f" (known: {', '.join(known[:20])})" if known else " (the inventory is empty)"
@@ -344,7 +345,8 @@ class Inventory:
         return list(out.values())
 
 
-ADHOC_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.-]+)@)?(?P<addr>\[[0-9A-Fa-f:]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?$")
+ADHOC_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.-]+)@)?(?P<addr>\[[0-9A-Fa-f:]+\]|[A-Za-z0-9_.-]+)"
+                      r"(?::(?P<port>\d+))?$")
 
 
 def _looks_adhoc(s: str) -> bool:

@@ -3,9 +3,10 @@ own ``config.json`` + ``model.safetensors.index.json``. Pure: reading files from
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import UsageError
 

@@ -11,16 +11,27 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .compat import Build, choose_build, data_file, vtuple
 from .errors import UsageError
 from .facts import GPU, Facts
-from .fit import (DEFAULT_UTIL, KV_DTYPE_BYTES, MAX_AUTO_UTIL, MIN_CONTEXT, Sizing, batch_defaults, round_len, size,
-                  tp_candidates)
+from .fit import (
+    DEFAULT_UTIL,
+    KV_DTYPE_BYTES,
+    MAX_AUTO_UTIL,
+    MIN_CONTEXT,
+    Sizing,
+    batch_defaults,
+    round_len,
+    size,
+    tp_candidates,
+)
 from .inventory import Host
+from .layout import ROOTS, HostLayout
 from .models import ModelSpec
 from .secrets import Secret
 
@@ -29,7 +40,7 @@ def flag_table() -> Mapping[str, Any]:
     return data_file("vllm_flags.yml")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def recorded_serve_flags(version: str) -> Mapping[str, bool] | None:
     """Every flag one vLLM version's ``vllm serve`` accepts (flag → takes a value), where gpuprov has recorded its
     parser (data/serve_flags/VERSION.yml); None for other versions."""
@@ -161,7 +172,8 @@ class _Vars:
             return default
         if isinstance(v, str) and v.strip().lower().endswith("k") and v.strip()[:-1].isdigit():
             v = int(v.strip()[:-1]) * 1024
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and not v.strip().lstrip("-").isdigit()):
+        digits = isinstance(v, str) and v.strip().lstrip("-").isdigit()
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and not digits):
             raise self.bad(name, f"a whole number between {lo} and {hi}", v)
         n = int(v)
         if not lo <= n <= hi:
@@ -220,7 +232,8 @@ def engine_vars(host: Host) -> EngineVars:
     if gpus is not None:
         if isinstance(gpus, int) and not isinstance(gpus, bool):
             gpus = [gpus]
-        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus):
+        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0
+                                                 for g in gpus):
             raise V.bad("gpu_indices", "a list of GPU indexes, such as [0, 1]", gpus)
     key = V.get("api_key")
     if key is not None and not isinstance(key, Secret):
@@ -293,10 +306,10 @@ def _choose_sizing(model: ModelSpec, gpus: list[GPU], ev: EngineVars) -> tuple[S
     for tp in tps:
         for util in utils:
             for seqs, batched in batches:
-                s = size(model, mem, name, tp, util, seqs, batched, ev.kv_cache_dtype, ev.enforce_eager)
-                tried.append(s)
-                if s.max_len_that_fits >= target:
-                    return s, tried, "target"
+                cand = size(model, mem, name, tp, util, seqs, batched, ev.kv_cache_dtype, ev.enforce_eager)
+                tried.append(cand)
+                if cand.max_len_that_fits >= target:
+                    return cand, tried, "target"
     # nothing reaches the target: the configuration with the longest context (if any context fits)
     best = max(tried, key=lambda s: s.max_len_that_fits, default=None)
     if best and best.max_len_that_fits >= MIN_CONTEXT and not ev.max_model_len:
@@ -363,9 +376,51 @@ def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int
 # --------------------------------------------------------------------------- the plan
 
 
+def _busy_gpus(gpus: list[GPU]) -> list[str]:
+    return [f"GPU {g.index} has only {g.memory_free_mib} MiB free now (another process, or a running engine that "
+            "gpuprov will replace); vLLM needs its share free at start-up"
+            for g in gpus if g.memory_free_mib is not None and g.memory_total_mib
+            and g.memory_free_mib < 0.5 * g.memory_total_mib]
+
+
+def _check_tensor_parallel(ev: EngineVars, model: ModelSpec, gpus: list[GPU], host: str) -> None:
+    if ev.tensor_parallel_size and ev.tensor_parallel_size > len(gpus):
+        raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} > the {len(gpus)} GPU(s) on {host}")
+    if ev.tensor_parallel_size and model.num_attention_heads % ev.tensor_parallel_size:
+        raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} does not divide {model.name}'s "
+                         f"{model.num_attention_heads} attention heads")
+
+
+def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any) -> tuple[str, tuple[str, ...]]:
+    """Why nothing fits (the best sizing tried), and what would."""
+    fits = round_len(best.max_len_that_fits)
+    ways = []
+    if fits >= MIN_CONTEXT:
+        ways.append(f"max_model_len={fits} (the longest that fits here)")
+    more = next((t for t in (2, 4, 8) if t > len(gpus) and model.num_attention_heads % t == 0), None)
+    if more:
+        ways.append(f"a host with {more}+ GPUs like these (tensor parallelism splits weights and KV cache)")
+    if ev.kv_cache_dtype == "auto":
+        fp8 = size(model, best.gpu_gib * 1024, gpus[0].name, best.tensor_parallel_size,
+                   best.gpu_memory_utilization, best.max_num_seqs, best.max_num_batched_tokens, "fp8")
+        if fp8.max_len_that_fits > best.max_len_that_fits:
+            ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fp8.max_len_that_fits)} tokens)")
+    ways.append("a GPU with more memory")
+    if best.max_len_that_fits < 0 or fits < MIN_CONTEXT:
+        reason = (f"{model.name} does not fit: {model.weight_gib:g} GiB of weights "
+                  f"({best.weights_gib:g} GiB per GPU at tensor parallel {best.tensor_parallel_size}) + "
+                  f"{best.overhead_gib:g} GiB overhead exceed {best.gpu_gib:g} GiB × "
+                  f"{best.gpu_memory_utilization:g} per GPU on {len(gpus)} × {gpus[0].name}")
+    else:
+        reason = (f"max_model_len {ev.max_model_len} does not fit: the KV cache holds at most {fits} tokens on "
+                  f"{best.tensor_parallel_size} × {gpus[0].name}")
+    return reason, tuple(ways)
+
+
 def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: str | None = None) -> Plan:
     ev = engine_vars(host)
-    base = {"host": host.name, "model": ev.model, "engine_host": ev.engine_host, "engine_port": ev.engine_port}
+    base: dict[str, Any] = {"host": host.name, "model": ev.model, "engine_host": ev.engine_host,
+                            "engine_port": ev.engine_port}
     why: list[str] = []
     warnings: list[str] = []
     if model is None:
@@ -381,43 +436,15 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
     why += notes
     if not gpus:
         return Plan(False, reason="no GPU selected", ways_out=("check gpu_indices",), **base)
-    for g in gpus:
-        if g.memory_free_mib is not None and g.memory_total_mib and g.memory_free_mib < 0.5 * g.memory_total_mib:
-            warnings.append(f"GPU {g.index} has only {g.memory_free_mib} MiB free now (another process, or a running "
-                            "engine that gpuprov will replace); vLLM needs its share free at start-up")
-    if ev.tensor_parallel_size and ev.tensor_parallel_size > len(gpus):
-        raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} > the {len(gpus)} GPU(s) on {host.name}")
-    if ev.tensor_parallel_size and model.num_attention_heads % ev.tensor_parallel_size:
-        raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} does not divide {model.name}'s "
-                         f"{model.num_attention_heads} attention heads")
+    warnings += _busy_gpus(gpus)
+    _check_tensor_parallel(ev, model, gpus, host.name)
     sizing, tried, how = _choose_sizing(model, gpus, ev)
     mem = {"gpu": gpus[0].name, "gpus": len(gpus), "weights_gib": model.weight_gib,
            "kv_bytes_per_token": model.kv_bytes_per_token(KV_DTYPE_BYTES.get(ev.kv_cache_dtype, 2))}
     if sizing is None:
         best = max(tried, key=lambda s: s.max_len_that_fits)
-        fits = round_len(best.max_len_that_fits)
-        ways = []
-        if fits >= MIN_CONTEXT:
-            ways.append(f"max_model_len={fits} (the longest that fits here)")
-        more = next((t for t in (2, 4, 8) if t > len(gpus) and model.num_attention_heads % t == 0), None)
-        if more:
-            ways.append(f"a host with {more}+ GPUs like these (tensor parallelism splits weights and KV cache)")
-        if ev.kv_cache_dtype == "auto":
-            fp8 = size(model, best.gpu_gib * 1024, gpus[0].name, best.tensor_parallel_size,
-                       best.gpu_memory_utilization, best.max_num_seqs, best.max_num_batched_tokens, "fp8")
-            if fp8.max_len_that_fits > best.max_len_that_fits:
-                ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fp8.max_len_that_fits)} tokens)")
-        ways.append("a GPU with more memory")
-        if best.max_len_that_fits < 0 or fits < MIN_CONTEXT:
-            reason = (f"{model.name} does not fit: {model.weight_gib:g} GiB of weights "
-                      f"({best.weights_gib:g} GiB per GPU at tensor parallel {best.tensor_parallel_size}) + "
-                      f"{best.overhead_gib:g} GiB overhead exceed {best.gpu_gib:g} GiB × "
-                      f"{best.gpu_memory_utilization:g} per GPU on {len(gpus)} × {gpus[0].name}")
-        else:
-            reason = (f"max_model_len {ev.max_model_len} does not fit: the KV cache holds at most {fits} tokens on "
-                      f"{best.tensor_parallel_size} × {gpus[0].name}")
-        return Plan(False, reason=reason, ways_out=tuple(ways), why=tuple(why), memory={**mem, **best.as_dict()},
-                    **base)
+        reason, ways = _does_not_fit(model, gpus, ev, best)
+        return Plan(False, reason=reason, ways_out=ways, why=tuple(why), memory={**mem, **best.as_dict()}, **base)
     max_len = ev.max_model_len or min(model.max_position_embeddings, round_len(sizing.max_len_that_fits))
     if how == "best" and not ev.max_model_len:
         why.append(f"the model's full {model.max_position_embeddings}-token context does not fit; "
@@ -429,8 +456,8 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
                f"(weights {model.weight_gib:g} GiB → {sizing.weights_gib:g} GiB per GPU)")
     why.append(f"gpu_memory_utilization {sizing.gpu_memory_utilization:g}, max_num_seqs {sizing.max_num_seqs}, "
                f"max_num_batched_tokens {sizing.max_num_batched_tokens}")
-    root = ev.install_root or facts.install_root or "/opt/gpuprov"
-    hf_home = f"{root}/hf"
+    layout = HostLayout(ev.install_root or facts.install_root or ROOTS[-1])
+    root, hf_home = layout.root, layout.hf_home
     cc = min((g.compute_capability for g in gpus if g.compute_capability), key=vtuple, default=None)
     args, attention, flag_warnings = _serve_args(model, ev, sizing, max_len, build, cc, hf_home)
     warnings += flag_warnings
@@ -438,14 +465,15 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
         why.append("attention backend: vLLM " + build.vllm_version + " picks it by itself")
     # HF_HUB_OFFLINE: gpuprov downloads the weights before the engine starts, so a restart never waits on (or
     # fails with) the hub; engine_env can set it to "0" for models that fetch more files at start.
-    env = {"HF_HOME": hf_home, "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": f"{root}/vllm-cache", "VLLM_NO_USAGE_STATS": "1",
+    env = {"HF_HOME": hf_home, "HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": f"{root}/vllm-cache",
+           "VLLM_NO_USAGE_STATS": "1",
            "VLLM_DO_NOT_TRACK": "1", "VLLM_DISABLE_LOG_LOGO": "1", **build.env, **ev.engine_env}
     if ev.gpu_indices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in gpus)
     bound_public = ev.engine_host not in ("127.0.0.1", "localhost", "::1")
     if bound_public:
         why.append(f"engine binds {ev.engine_host}: an API key is required (generated unless api_key is set)")
-    venv = f"{root}/venvs/vllm-{build.vllm_version}-{build.cuda_variant}-py{build.python}"
+    venv = layout.venv(build.vllm_version, build.cuda_variant, build.python)
     total_gib = round(min(g.memory_total_mib or 0 for g in gpus) / 1024, 2)
     return Plan(
         True,

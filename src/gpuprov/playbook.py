@@ -2,8 +2,8 @@
 
 A playbook is a list of plays ``{name, hosts, vars, tasks, handlers}``. A task is ``name`` + exactly one
 operation (``file:``, ``copy:``, ``template:``, ``apt:``, ``venv:``, ``pip:``, ``service:``, ``command:``,
-``shell:``, ``read:``, ``wait_for:``, ``weights:``) or ``meta: flush_handlers``, plus optional ``when``, ``notify``, ``register``,
-``changed_when``, ``failed_when``, ``retries``/``until``/``delay``, ``become``, ``tags``, ``secret``.
+``shell:``, ``read:``, ``wait_for:``, ``weights:``) or ``meta: flush_handlers``, plus optional ``when``, ``notify``,
+``register``, ``changed_when``, ``failed_when``, ``retries``/``until``/``delay``, ``become``, ``tags``, ``secret``.
 
 Templating uses StrictUndefined: a missing variable is an error naming the task and the variable. Secrets
 (``Secret``) render as ``***`` unless passed through the ``reveal`` filter, which only a task marked
@@ -13,9 +13,10 @@ Templating uses StrictUndefined: a missing variable is an error naming the task 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jinja2
 

@@ -10,24 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import settings
 from .connection import known_hosts, open_runner
-from .errors import ModelUnavailable
-from .executor import HostRecap, HostRun, RunOptions, template_dirs
+from .errors import ModelUnavailable, RemoteError, UsageError
+from .executor import HostRecap, HostRun, RunOptions, apply_one, service_op, template_dirs
 from .facts import Facts
 from .fleet import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, for_each_host
 from .hub import local_model_dir, resolve_model
 from .inventory import Host
+from .layout import HostLayout
 from .plan import Plan, engine_vars, make_plan
 from .playbook import Templar, load_playbook
 from .secrets import Secret, new_api_key, write_private
 
-SERVICE = "gpuprov-vllm"
 BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
 VENV_OVERHEAD_GIB = 12.0  # a CUDA torch + vLLM venv is about 10 GB
 
@@ -67,12 +68,13 @@ def plan_for(host: Host, facts: Facts) -> Plan:
     return make_plan(facts, host, spec, err)
 
 
-def local_model_refusal(plan: Plan) -> str | None:
-    """A model given as a folder on this machine cannot be served on another one: refuse before installing."""
-    if local_model_dir(plan.model) is None:
+def local_model_refusal(model: str) -> str | None:
+    """A model given as a folder on this machine cannot be served on another one: refuse before connecting."""
+    if local_model_dir(model) is None:
         return None
-    return (f"model {plan.model} is a folder on this machine, not on the host; copy it to the host (for example "
-            f"under /workspace) and give the host's path with -e model=/path/on/host, or use a hub id")
+    return (f"model {model} is a folder on this machine; provision serves models the host downloads from a hub, "
+            f"so give a hub id (a private repo with HF_TOKEN, or a mirror with -e hf_endpoint=URL); "
+            f"`invoke plan --model {model}` still sizes the folder offline")
 
 
 def api_key_for(host: Host, plan: Plan) -> Secret | None:
@@ -93,7 +95,8 @@ def api_key_for(host: Host, plan: Plan) -> Secret | None:
 
 
 def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
-    root = plan.install_root
+    lay = HostLayout(plan.install_root)
+    root = lay.root
     index = host.var("package_index")
     torch_backend = host.var("torch_backend", plan.torch_backend)
     if index:  # the host's own index replaces the planned ones (mirrors, the lab)
@@ -105,29 +108,25 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
         env["HF_ENDPOINT"] = str(host.var("hf_endpoint"))
     hf_token = os.environ.get("HF_TOKEN") or None
     api_key = api_key_for(host, plan)
-    launcher = f"{root}/bin/vllm-serve"
-    unit = f"/etc/systemd/system/{SERVICE}.service"
-    uv_env = {"UV_CACHE_DIR": f"{root}/uv-cache", "UV_LINK_MODE": "copy"}
+    uv_env = {"UV_CACHE_DIR": lay.uv_cache, "UV_LINK_MODE": "copy"}
     if not plan.python_managed:
         uv_env["UV_PYTHON_DOWNLOADS"] = "never"
     state = {"model": plan.model, "vllm_version": plan.vllm_version, "cuda_variant": plan.cuda_variant,
              "venv": plan.venv, "serve_args": list(plan.serve_args), "service_manager": plan.service_manager,
-             "service": SERVICE, "engine_port": plan.engine_port, "engine_host": plan.engine_host,
-             "env_file": f"{root}/vllm.env", "log": f"{root}/logs/vllm.log", "pidfile": f"{root}/run/vllm.pid"}
+             "engine_port": plan.engine_port, "engine_host": plan.engine_host, **lay.to_state()}
     unit_text_hash = hashlib.sha256(json.dumps([plan.serve_args, plan.vllm_version, root]).encode()).hexdigest()[:12]
     return {
-        "root": root, "bootstrap": f"{root}/bootstrap", "uv": f"{root}/bootstrap/bin/uv", "venv": plan.venv,
+        "root": root, "bootstrap": lay.bootstrap, "uv": lay.uv, "venv": plan.venv,
         "bootstrap_pins": BOOTSTRAP_PINS,
         "engine_pins": [f"vllm=={plan.vllm_version}"],
         "index_url": index or None, "extra_index_urls": extra,
         "torch_backend": None if index else torch_backend,
-        "uv_env": uv_env, "env": env, "env_file": f"{root}/vllm.env",
+        "uv_env": uv_env, "env": env, "env_file": lay.env_file,
         "hf_token": Secret(hf_token, "HF_TOKEN") if hf_token else None, "api_key": api_key,
-        "service": SERVICE, "launcher": launcher, "unit": unit, "unit_hash": unit_text_hash,
-        "log": f"{root}/logs/vllm.log", "pidfile": f"{root}/run/vllm.pid",
-        "supervisor": f"{root}/bin/gpuprov-supervise",
+        "service": lay.service, "launcher": lay.launcher, "unit": lay.unit, "unit_hash": unit_text_hash,
+        "log": lay.log, "pidfile": lay.pidfile, "supervisor": lay.supervisor,
         "supervisor_local": str(resources.files("gpuprov.ops").joinpath("supervise.py")),
-        "fetch_script": f"{root}/bin/gpuprov-fetch",
+        "fetch_script": lay.fetch_script,
         "fetch_script_local": str(resources.files("gpuprov.ops").joinpath("fetch_weights.py")),
         "weights_marker": f"{plan.hf_home}/.gpuprov/{plan.model.replace('/', '--')}.done",
         "weights_timeout": int(host.var("weights_timeout", 7200)),
@@ -158,7 +157,7 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
     plan = plan_for(host, facts)
     if not plan.ok:
         return ProvisionResult(host.name, plan, refused=plan.reason)
-    refusal = local_model_refusal(plan) or disk_refusal(facts, plan)
+    refusal = disk_refusal(facts, plan)
     if refusal:
         return ProvisionResult(host.name, plan, refused=refusal)
     gp = gp_vars(host, facts, plan)
@@ -168,11 +167,10 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
 
     from .hostlock import HostLock
 
-    base = plan.install_root.rsplit("/", 1)[0] or "/"
+    lay = HostLayout(plan.install_root)
     owner = f"provision by {getpass.getuser()}@{_socket.gethostname()} pid {_os.getpid()}"
-    work_lock = f"{base}/.gpuprov.work.lock" if facts.tools.get("flock") else None
-    with HostLock(runner, f"{base}/.gpuprov.lock", owner, wait=float(host.var("lock_wait", 0) or 0),
-                  work_lock=work_lock):
+    work_lock = lay.work_lock if facts.tools.get("flock") else None
+    with HostLock(runner, lay.lock, owner, wait=float(host.var("lock_wait", 0) or 0), work_lock=work_lock):
         return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,
                            work_lock)
 
@@ -196,7 +194,7 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
         return result
     def wait() -> Any:
         return wait_ready(
-            runner, manager=plan.service_manager, unit=SERVICE, log=gp["log"], pidfile=gp["pidfile"],
+            runner, manager=plan.service_manager, unit=gp["service"], log=gp["log"], pidfile=gp["pidfile"],
             port=plan.engine_port, env_file=gp["env_file"], model=plan.model, timeout=ready_timeout,
             on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)
 
@@ -206,15 +204,18 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
             _keep_as_good(runner, gp)  # this configuration is proven: the one to return to
     elif recap.changed and _restore_good(runner, gp):
         # the new configuration does not start: put the last verified one back so the endpoint keeps serving
-        _restart(runner, plan, gp)
-        back = wait()
-        result.rolled_back = back.ready
+        lay = HostLayout(gp["root"], gp["service"])
+        try:
+            apply_one(runner, service_op(lay, plan.service_manager, "restarted", "roll back"), work_lock)
+            result.rolled_back = wait().ready
+        except RemoteError:
+            result.rolled_back = False
     recap.execs = getattr(runner, "exec_count", 0)
     return result
 
 
 def _good_files(gp: dict) -> list[str]:
-    return [gp["launcher"], gp["env_file"], gp["unit"], f"{gp['root']}/state.json"]
+    return HostLayout(gp["root"], gp["service"]).good_files()
 
 
 def _keep_as_good(runner: Any, gp: dict) -> None:
@@ -230,23 +231,6 @@ def _restore_good(runner: Any, gp: dict) -> bool:
     return res.ok
 
 
-def _restart(runner: Any, plan: Plan, gp: dict) -> None:
-    from .executor import gather
-    from .ops import NoOp, OpContext
-    from .ops.service import Service
-
-    args = {"name": SERVICE, "manager": plan.service_manager, "state": "restarted"}
-    if plan.service_manager == "supervisor":
-        args.update(command=[gp["launcher"]], env_file=gp["env_file"], log=gp["log"], pidfile=gp["pidfile"],
-                    supervisor=gp["supervisor"], workdir=gp["root"])
-    op = Service(args, "roll back")
-    ctx = OpContext(runner, None)
-    decision = op.check(ctx, gather(runner, op.queries(ctx)))
-    if not isinstance(decision, NoOp):
-        for cmd in decision.commands:
-            runner.run(cmd.argv, timeout=cmd.timeout)
-
-
 def provision(hosts: Sequence[Host], **kw: Any) -> list[ProvisionResult]:
     def one(h: Host) -> ProvisionResult:
         runner = open_runner(h, known_hosts())
@@ -256,7 +240,9 @@ def provision(hosts: Sequence[Host], **kw: Any) -> list[ProvisionResult]:
             runner.close()
 
     for h in hosts:
-        engine_vars(h)  # absurd values fail before any connection
+        refusal = local_model_refusal(engine_vars(h).model)  # absurd values fail before any connection
+        if refusal:
+            raise UsageError(f"{h.name}: {refusal}")
     return [o.value if o.value is not None else
             ProvisionResult(o.host.name, recap=HostRecap.of_error(o.host.name, o.error or RuntimeError("no result")))
             for o in for_each_host(hosts, one)]

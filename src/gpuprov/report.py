@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .fleet import HostOutcome
 from .facts import Facts
+from .fleet import HostOutcome
 from .inventory import Host
+from .plan import Plan
 from .secrets import Secret
 
 out = Console(highlight=False, soft_wrap=True)
@@ -45,7 +47,7 @@ def error(msg: str) -> None:
     err.print(f"[bold red]error:[/] {esc(msg)}", markup=True, highlight=False)
 
 
-def outcome_error(o: HostOutcome) -> None:
+def outcome_error(o: HostOutcome[Any]) -> None:
     error(o.message)
 
 
@@ -60,9 +62,9 @@ def fmt_gib(mib: int | None) -> str:
 # --------------------------------------------------------------------------- probe
 
 
-def probe_json(outcomes: Sequence[HostOutcome]) -> None:
+def probe_json(outcomes: Sequence[HostOutcome[Facts]]) -> None:
     for o in outcomes:
-        if o.ok:
+        if o.value is not None:
             d = o.value.to_json()
             d["host"] = o.host.name
             json_line(d)
@@ -70,12 +72,12 @@ def probe_json(outcomes: Sequence[HostOutcome]) -> None:
             outcome_error(o)
 
 
-def probe_human(outcomes: Sequence[HostOutcome]) -> None:
+def probe_human(outcomes: Sequence[HostOutcome[Facts]]) -> None:
     for o in outcomes:
-        if not o.ok:
+        f = o.value
+        if f is None:
             outcome_error(o)
             continue
-        f: Facts = o.value
         out.print(f"[bold]{esc(o.host.name)}[/]  ({esc(f.hostname)}, {o.duration_s:.2f} s)")
         rows = [
             ("OS", f"{f.os_pretty or f.os_id} · kernel {f.kernel} · {f.arch} · {f.glibc}"),
@@ -135,22 +137,22 @@ def inventory_json(hosts: Iterable[Host]) -> None:
 # --------------------------------------------------------------------------- plan
 
 
-def plan_json(outcomes: Sequence[HostOutcome]) -> None:
+def plan_json(outcomes: Sequence[HostOutcome[Plan]]) -> None:
     for o in outcomes:
-        if o.ok:
+        if o.value is not None:
             json_line(o.value.to_json())
         else:
             outcome_error(o)
 
 
-def plan_human(outcomes: Sequence[HostOutcome]) -> None:
+def plan_human(outcomes: Sequence[HostOutcome[Plan]]) -> None:
     import shlex
 
     for o in outcomes:
-        if not o.ok:
+        p = o.value
+        if p is None:
             outcome_error(o)
             continue
-        p = o.value
         if not p.ok:
             out.print(f"[bold]{esc(p.host)}[/]: [bold red]REFUSED[/] {esc(p.model)}")
             out.print(f"  why: {p.reason}", markup=False)
@@ -163,7 +165,8 @@ def plan_human(outcomes: Sequence[HostOutcome]) -> None:
         compat = " + CUDA forward compatibility" if p.cuda_compat else ""
         extra = f" from {p.extra_index_url}" if p.extra_index_url else " from the default index"
         rows = [
-            ("vLLM", f"{p.vllm_version} ({p.cuda_variant}{compat}){extra}; torch {p.torch_version} ({p.torch_backend})"),
+            ("vLLM", f"{p.vllm_version} ({p.cuda_variant}{compat}){extra}; "
+                     f"torch {p.torch_version} ({p.torch_backend})"),
             ("Python", f"{p.python}{' (uv-managed)' if p.python_managed else ''} in {p.venv}"),
             ("Sizing", f"tensor_parallel_size {p.tensor_parallel_size}, max_model_len {p.max_model_len}, "
                        f"gpu_memory_utilization {p.gpu_memory_utilization}, max_num_seqs {p.max_num_seqs}"),
@@ -238,7 +241,8 @@ def provision_human(results) -> None:  # noqa: ANN001
         if rd.ready:
             c = rd.completion or {}
             out.print(f"[green]{esc(r.host)}: verified[/] — a 1-token chat completion answered in {c.get('ms')} ms "
-                      f"(model {esc(c.get('model'))}); endpoint http://{esc(r.plan.engine_host)}:{r.plan.engine_port}/v1 "
+                      f"(model {esc(c.get('model'))}); "
+                      f"endpoint http://{esc(r.plan.engine_host)}:{r.plan.engine_port}/v1 "
                       f"on the host — `invoke tunnel --host {esc(r.host)}` to reach it")
         else:
             error(f"{r.host}: {rd.error}")
@@ -285,19 +289,23 @@ def _uptime(s: float | None) -> str:
     if s is None:
         return "-"
     s = int(s)
-    return f"{s // 86400}d{s % 86400 // 3600}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600}h"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def status_human(outcomes) -> None:  # noqa: ANN001
     t = Table(box=None, pad_edge=False)
-    for col in ("host", "service", "ready", "model", "vLLM", "uptime", "restarts", "GPU memory", "GPU util", "endpoint"):
+    for col in ("host", "service", "ready", "model", "vLLM", "uptime", "restarts", "GPU memory", "GPU util",
+                "endpoint"):
         t.add_column(col)
     for o in outcomes:
         if not o.ok:
             t.add_row(esc(o.host.name), "[red]unreachable[/]", "-", "-", "-", "-", "-", "-", "-", esc(o.message[:60]))
             continue
         s = o.value
-        mem = ", ".join(f"{(g['memory_used_mib'] or 0) / 1024:.0f}/{(g['memory_total_mib'] or 0) / 1024:.0f} GiB" for g in s.gpus) or "-"
+        mem = ", ".join(f"{(g['memory_used_mib'] or 0) / 1024:.0f}/{(g['memory_total_mib'] or 0) / 1024:.0f} GiB"
+                        for g in s.gpus) or "-"
         util = ", ".join(f"{g['utilization_pct']}%" for g in s.gpus if g.get("utilization_pct") is not None) or "-"
         style = {"active": "green", "failed": "red"}.get(s.service, "yellow")
         t.add_row(esc(s.host), f"[{style}]{esc(s.service)}[/]", "yes" if s.ready else "no", esc(s.model or "-"),

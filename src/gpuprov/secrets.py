@@ -25,7 +25,8 @@ class Secret:
     def __str__(self) -> str:
         return "***"
 
-    __repr__ = lambda self: f"Secret({self.name}=***)"  # noqa: E731
+    def __repr__(self) -> str:
+        return f"Secret({self.name}=***)"
 
     def __format__(self, spec: str) -> str:
         return "***"
@@ -40,7 +41,7 @@ class Secret:
         return bool(self._value)
 
 
-def redact(text: str, *values: "Secret | str | None") -> str:
+def redact(text: str, *values: Secret | str | None) -> str:
     """Replace every occurrence of each secret value in ``text`` with ``***``."""
     for v in values:
         raw = v.reveal() if isinstance(v, Secret) else v

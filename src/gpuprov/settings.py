@@ -18,9 +18,9 @@ belong to other programs (and, on a RunPod pod, to the host's own environment).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 import yaml
 

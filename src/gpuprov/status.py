@@ -8,6 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .layout import search_roots
+
 # Shared by the remote status script and the readiness poll (health.py): how gpuprov's supervisor and the
 # engine's HTTP endpoints look from the host itself.
 REMOTE_HELPERS = r"""
@@ -45,7 +47,8 @@ def http_status(port, path="/health"):
 STATUS_SCRIPT = REMOTE_HELPERS + r"""
 import subprocess, time
 out = {"installed": False}
-for root in ("/workspace/gpuprov", "/opt/gpuprov"):
+import sys
+for root in sys.argv[1:]:  # where to look: the host's install_root var first, then the defaults (gpuprov.layout)
     try:
         with open(root + "/state.json") as f:
             st = json.load(f)
@@ -61,8 +64,9 @@ def run(argv):
 if out["installed"]:
     st = out["state"]
     if st["service_manager"] == "systemd":
-        props = dict(l.split("=", 1) for l in run(["systemctl", "show", st["service"], "-p",
-                     "ActiveState,SubState,NRestarts,ActiveEnterTimestampMonotonic,ExecMainStatus,MainPID,LoadState"]).splitlines() if "=" in l)
+        shown = run(["systemctl", "show", st["service"], "-p", "ActiveState,SubState,NRestarts,"
+                     "ActiveEnterTimestampMonotonic,ExecMainStatus,MainPID,LoadState"])
+        props = dict(l.split("=", 1) for l in shown.splitlines() if "=" in l)
         active = props.get("ActiveState", "unknown")
         if active == "activating" and props.get("SubState") == "auto-restart":
             active = "failed"
@@ -123,8 +127,16 @@ class EngineStatus:
 
 
 def read_status(runner: Any) -> tuple[EngineStatus, dict]:
-    res = runner.run(["python3", "-c", STATUS_SCRIPT], timeout=60)
-    raw = json.loads(res.stdout) if res.exit_status == 0 else {"installed": False}
+    """The engine's state on ``runner``'s host (its ``install_root`` var is searched first)."""
+    from .errors import RemoteError
+
+    roots = search_roots(runner.host.var("install_root") if hasattr(runner.host, "var") else None)
+    res = runner.run(["python3", "-c", STATUS_SCRIPT, *roots], timeout=60)
+    try:
+        raw = json.loads(res.stdout)
+    except ValueError:
+        raise RemoteError(f"{runner.host.name}: the status script failed (exit {res.exit_status}): "
+                          f"{(res.stderr or res.stdout).strip()[-300:] or 'no output'}") from None
     name = runner.host.name
     if not raw.get("installed"):
         return EngineStatus(name, "not-installed", False, gpus=raw.get("gpus", [])), raw

@@ -162,7 +162,7 @@ class Tunnel:
         while not self._stop.is_set():
             try:
                 client, _ = srv.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -171,7 +171,7 @@ class Tunnel:
 
     def _pump(self, client: socket.socket) -> None:
         chan = None
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 chan = self._transport().open_channel("direct-tcpip", ("127.0.0.1", self.remote_port),
                                                       client.getpeername(), timeout=10)
@@ -206,7 +206,7 @@ class Tunnel:
             client.close()
 
     # ----------------------------------------------------------- control
-    def start(self, timeout: float = 20) -> "Tunnel":
+    def start(self, timeout: float = 20) -> Tunnel:
         target = self._run_openssh if self.kind == "openssh" else self._run_paramiko
         self._thread = threading.Thread(target=target, daemon=True, name=f"tunnel-{self.host.name}")
         self._thread.start()

@@ -11,7 +11,7 @@ import yaml
 
 from gpuprov import api
 from gpuprov.connection import KnownHosts, SSHRunner
-from gpuprov.errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown
+from gpuprov.errors import AuthError, HostKeyMismatch, HostKeyUnknown
 from gpuprov.inventory import Host
 from gpuprov.sim.control import sim_lab
 
@@ -181,7 +181,8 @@ def test_plan_on_every_recorded_xml_host(xml_lab, tmp_path):
     for i, xml in enumerate(XMLS):
         d = plans[host_name(i)]
         for key in ("ok", "reason", "vllm_version", "cuda_variant", "cuda_compat", "torch_backend",
-                    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "attention_backend", "serve_args"):
+                    "tensor_parallel_size", "max_model_len", "gpu_memory_utilization", "attention_backend",
+                    "serve_args"):
             assert key in d, key
         exp = EXPECTED[f"xml/{xml.name}"]
         if d["ok"]:

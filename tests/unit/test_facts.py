@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from gpuprov.errors import ProbeError
 from gpuprov.facts import (
     Facts,
     cc_from_name,
@@ -19,7 +20,6 @@ from gpuprov.facts import (
     parse_smi_xml,
 )
 from gpuprov.probe import parse_probe_output
-from gpuprov.errors import ProbeError
 
 from ..conftest import FIXTURES, SMI_DATA
 
@@ -144,7 +144,9 @@ def test_probe_output_without_json_is_a_probe_error():
 
 
 def test_facts_json_roundtrip():
-    raw = {"nvidia_smi": {"present": True, "xml": {"rc": 0, "out": (SMI_DATA / "xml/a100-sxm4-80gb-mig_driver-535.54.03.xml").read_text()}},
+    raw = {"nvidia_smi": {"present": True,
+                          "xml": {"rc": 0,
+                                  "out": (SMI_DATA / "xml/a100-sxm4-80gb-mig_driver-535.54.03.xml").read_text()}},
            "init": {"pid1": "systemd", "systemd": True}, "python": {"version": "3.11.2"},
            "pythons": [{"name": "python3.11"}, {"name": "python3.12"}, {"name": "python3"}]}
     f = facts_from_probe("h", raw)

@@ -16,8 +16,9 @@ from gpuprov.plan import engine_vars, make_plan
 from gpuprov.secrets import Secret
 
 H100 = Facts(host="h", driver_version="580.95.05", cuda_driver_version="13.0", arch="x86_64", glibc="glibc 2.36",
-             pythons=("3.11",), gpus=(GPU(0, "NVIDIA H100 80GB HBM3", memory_total_mib=81559, compute_capability="9.0"),
-                                      GPU(1, "NVIDIA H100 80GB HBM3", memory_total_mib=81559, compute_capability="9.0")))
+             pythons=("3.11",),
+             gpus=(GPU(0, "NVIDIA H100 80GB HBM3", memory_total_mib=81559, compute_capability="9.0"),
+                   GPU(1, "NVIDIA H100 80GB HBM3", memory_total_mib=81559, compute_capability="9.0")))
 
 
 def host(**vars):

@@ -68,7 +68,8 @@ def test_standin_0_32_0_accepts_exactly_the_recorded_flags(tmp_path):
         z.extractall(tmp_path / "site")
 
     def parse(*argv: str) -> subprocess.CompletedProcess:
-        code = f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); import vllm; print(vllm.parser().parse_args(sys.argv[1:]))"
+        code = (f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); "
+                "import vllm; print(vllm.parser().parse_args(sys.argv[1:]))")
         return subprocess.run([sys.executable, "-c", code, "m", *argv], capture_output=True, text=True, timeout=30)
 
     ok = parse("--kv-cache-memory-bytes", "64M", "--enforce-eager", "--all2all-backend", "x")

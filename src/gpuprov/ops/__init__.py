@@ -1,7 +1,7 @@
 """Operations, one module per kind; importing this package registers them all in ``Op.registry``."""
 
-from .base import Change, Command, Diff, NoOp, Op, OpContext  # noqa: F401
 from . import command, files, packages, service, weights  # noqa: F401  (registration)
+from .base import Change, Command, Diff, NoOp, Op, OpContext  # noqa: F401
 
 GATHER_SCRIPT = "gather.py"
 SUPERVISOR_SCRIPT = "supervise.py"

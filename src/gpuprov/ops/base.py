@@ -9,10 +9,14 @@ with ``shlex.join`` by the runner); data that must not appear in argv (file cont
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from ..errors import UsageError
+
+#: one query's answer from the host (``gather.py``), or what ``register`` stores
+State = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class Change:
     #: False for operations that only wait or read (wait_for): they report ok, not changed
     changes: bool = True
     #: after the commands: a Python function (runner, ctx) that polls the host and reports progress
-    poll: Callable[[Any, "OpContext"], None] | None = None
+    poll: Callable[[Any, OpContext], None] | None = None
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Op:
 
     name: ClassVar[str] = ""
     args: ClassVar[Mapping[str, bool]] = {}
-    registry: ClassVar[dict[str, type["Op"]]] = {}
+    registry: ClassVar[dict[str, type[Op]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -111,17 +115,17 @@ class Op:
     def validate(self) -> None:
         pass
 
-    def queries(self, ctx: OpContext) -> list[dict]:
+    def queries(self, ctx: OpContext) -> list[State]:
         return []
 
-    def check(self, ctx: OpContext, state: list[dict]) -> NoOp | Change:
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         raise NotImplementedError
 
-    def noop_result(self, state: list[dict]) -> dict:
+    def noop_result(self, state: list[State]) -> State:
         """What ``register`` stores when the task had nothing to do (``read`` returns its output here)."""
         return {}
 
-    def result(self, ctx: OpContext, outputs: list[Any]) -> dict:
+    def result(self, ctx: OpContext, outputs: list[Any]) -> State:
         """What ``register`` stores after apply (commands' outputs)."""
         if outputs:
             last = outputs[-1]
@@ -135,6 +139,7 @@ def mode_str(mode: Any, task: str) -> str | None:
     if isinstance(mode, int) and not isinstance(mode, bool):
         mode = format(mode, "o")  # YAML reads 0644 as the octal number it is
     mode = str(mode)
+    assert isinstance(mode, str)
     if not mode.isdigit() or len(mode) > 4 or any(c in "89" for c in mode):
         raise UsageError(f"task {task!r}: mode must be octal like '0644', got {mode!r}")
     return mode.rjust(4, "0")

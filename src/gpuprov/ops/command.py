@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from ..errors import UsageError
-from .base import Change, Command, NoOp, Op
+from .base import Change, Command, NoOp, Op, OpContext, State
 
 
-def argv_arg(argv, task: str) -> list[str]:  # noqa: ANN001
+def argv_arg(argv: Any, task: str) -> list[str]:
     """An ``argv`` argument: a list, or a string split the way a shell would (no shell runs it)."""
     if isinstance(argv, str):
         argv = shlex.split(argv)
@@ -22,7 +23,7 @@ class CommandOp(Op):
     args = {"argv": True, "creates": False, "removes": False, "timeout": False, "env": False, "chdir": False}
 
     @classmethod
-    def free_form(cls):
+    def free_form(cls) -> str | None:
         return "argv"
 
     def validate(self) -> None:
@@ -36,10 +37,10 @@ class CommandOp(Op):
             argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(self.a["chdir"]), *argv]
         return argv
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "stat", "path": str(self.a[k])} for k in ("creates", "removes") if self.a.get(k)]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         i = 0
         if self.a.get("creates"):
             if state[i].get("exists"):
@@ -56,7 +57,7 @@ class Shell(CommandOp):
     args = {"cmd": True, "creates": False, "removes": False, "timeout": False, "env": False, "chdir": False}
 
     @classmethod
-    def free_form(cls):
+    def free_form(cls) -> str | None:
         return "cmd"
 
     def validate(self) -> None:
@@ -73,19 +74,19 @@ class Read(Op):
     args = {"argv": True, "timeout": False}
 
     @classmethod
-    def free_form(cls):
+    def free_form(cls) -> str | None:
         return "argv"
 
     def validate(self) -> None:
         self.argv = argv_arg(self.a["argv"], self.task)
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "cmd", "argv": list(ctx.argv(self.argv)), "timeout": float(self.a.get("timeout", 60))}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         return NoOp(f"read {shlex.join(self.argv)[:60]} (exit {state[0].get('rc')})")
 
-    def noop_result(self, state):
+    def noop_result(self, state: list[State]) -> State:
         return {"rc": state[0].get("rc"), "stdout": state[0].get("stdout", ""), "stderr": state[0].get("stderr", "")}
 
 
@@ -121,7 +122,7 @@ class WaitFor(Op):
         if not (self.a.get("url") or self.a.get("port")):
             raise UsageError(f"task {self.task!r}: wait_for needs url or port")
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         timeout = float(self.a.get("timeout", 60))
         if self.a.get("url"):
             args = ["http", str(self.a["url"]), "0"]

@@ -6,10 +6,10 @@ import hashlib
 import posixpath
 
 from ..errors import UsageError
-from .base import Change, Command, Diff, NoOp, Op, OpContext, mode_str
+from .base import Change, Command, Diff, NoOp, Op, OpContext, State, mode_str
 
 
-def _mode_cmds(ctx: OpContext, path: str, mode: str | None, owner: str | None, st: dict) -> list[Command]:
+def _mode_cmds(ctx: OpContext, path: str, mode: str | None, owner: str | None, st: State) -> list[Command]:
     cmds = []
     if mode and st.get("mode") != mode:
         cmds.append(Command(ctx.argv(["chmod", mode, path]), label=f"chmod {mode}"))
@@ -31,10 +31,10 @@ class File(Op):
             raise UsageError(f"task {self.task!r}: file path must be absolute, got {self.a['path']!r}")
         self.mode = mode_str(self.a.get("mode"), self.task)
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "stat", "path": str(self.a["path"])}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         st, path, want = state[0], str(self.a["path"]), self.a.get("state", "file")
         if want == "absent":
             if not st.get("exists"):
@@ -51,7 +51,8 @@ class File(Op):
         if not st.get("exists"):
             make = ["mkdir", "-p", "--", path] if want == "directory" else ["touch", "--", path]
             cmds = [Command(ctx.argv(make))] + _mode_cmds(ctx, path, self.mode, self.a.get("owner"), {})
-            return Change(f"create {want} {path}", tuple(cmds), (Diff(path, None, f"({want}, mode {self.mode or 'default'})"),))
+            diff = Diff(path, None, f"({want}, mode {self.mode or 'default'})")
+            return Change(f"create {want} {path}", tuple(cmds), (diff,))
         cmds = _mode_cmds(ctx, path, self.mode, None, st)
         if cmds:
             return Change(f"mode {st['mode']} → {self.mode}", tuple(cmds),
@@ -81,10 +82,10 @@ class Copy(Op):
         with open(self.a["src"], "rb") as f:
             return f.read()
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "stat", "path": str(self.a["dest"]), "hash": True, "content": not self.a.get("secret")}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         st, dest, data = state[0], str(self.a["dest"]), self.data()
         digest = hashlib.sha256(data).hexdigest()
         if st.get("exists") and st.get("type") != "file":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ..errors import UsageError
-from .base import Change, Command, NoOp, Op
+from .base import Change, Command, NoOp, Op, OpContext, State
 
 REQ_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([A-Za-z0-9.+!_-]+)$")
 
@@ -14,7 +15,7 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _list(v, what: str, task: str) -> list[str]:
+def _list(v: Any, what: str, task: str) -> list[str]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
@@ -32,10 +33,10 @@ class Apt(Op):
             if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", p):
                 raise UsageError(f"task {self.task!r}: {p!r} is not a Debian package name")
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "dpkg", "packages": self.pkgs}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         missing = [p for p in self.pkgs if p not in state[0].get("installed", [])]
         if not missing:
             return NoOp("installed")
@@ -59,10 +60,10 @@ class Venv(Op):
     args = {"path": True, "python": False, "uv": False, "env": False}
     MARKER = ".gpuprov-complete"
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "stat", "path": f"{self.a['path']}/{self.MARKER}"}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         path = str(self.a["path"])
         if state[0].get("exists"):
             return NoOp(f"venv {path} exists")
@@ -94,10 +95,10 @@ class Pip(Op):
                 raise UsageError(f"task {self.task!r}: {r!r} is not an exact pin (name==version)")
             self.reqs.append((norm(m.group(1)), m.group(2), r))
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "pip", "venv": str(self.a["venv"])}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         have = state[0].get("packages", {})
         missing = [r for n, v, r in self.reqs if have.get(n) != v and have.get(n, "").split("+")[0] != v]
         if not missing:

@@ -5,7 +5,7 @@ and it survives SSH logout (see ``gpuprov/ops/supervise.py``)."""
 from __future__ import annotations
 
 from ..errors import UsageError
-from .base import Change, Command, NoOp, Op
+from .base import Change, Command, NoOp, Op, OpContext, State
 
 
 class Service(Op):
@@ -23,18 +23,20 @@ class Service(Op):
                 if not self.a.get(k):
                     raise UsageError(f"task {self.task!r}: the supervisor needs {k}")
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "service", "manager": self.a["manager"], "name": self.a["name"],
                  "pidfile": self.a.get("pidfile")}]
 
     # ----------------------------------------------------------- systemd
-    def _systemd(self, ctx, st):
+    def _systemd(self, ctx: OpContext, st: State) -> NoOp | Change:
         props = st.get("props", {})
         name, want = self.a["name"], self.a.get("state", "started")
         if props.get("LoadState") == "not-found" and want != "stopped":
             raise UsageError(f"task {self.task!r}: unit {name} does not exist on the host")
         cmds, what = [], []
-        sc = lambda *a: Command(ctx.argv(["systemctl", *a]), timeout=120)  # noqa: E731
+        def sc(*a: str) -> Command:
+            return Command(ctx.argv(["systemctl", *a]), timeout=120)
+
         if props.get("NeedDaemonReload") == "yes":
             cmds.append(sc("daemon-reload"))
             what.append("daemon-reload")
@@ -56,12 +58,13 @@ class Service(Op):
         return Change(f"{name}: {', '.join(what)}", tuple(cmds))
 
     # ----------------------------------------------------------- supervisor
-    def _supervisor(self, ctx, st):
+    def _supervisor(self, ctx: OpContext, st: State) -> NoOp | Change:
         want, name = self.a.get("state", "started"), self.a["name"]
         py = str(self.a.get("python") or "python3")
         sup = str(self.a["supervisor"])
+        env_file = ["--env-file", str(self.a["env_file"])] if self.a.get("env_file") else []
         start = ctx.argv(["setsid", "-f", py, sup, "start", "--name", name, "--pidfile", str(self.a["pidfile"]),
-                          "--log", str(self.a["log"]), *(["--env-file", str(self.a["env_file"])] if self.a.get("env_file") else []),
+                          "--log", str(self.a["log"]), *env_file,
                           *(["--workdir", str(self.a["workdir"])] if self.a.get("workdir") else []),
                           "--", *[str(x) for x in self.a["command"]]])
         stop = ctx.argv([py, sup, "stop", "--pidfile", str(self.a["pidfile"])])
@@ -78,6 +81,6 @@ class Service(Op):
             return Change(f"{name}: stop", (Command(stop, timeout=60),))
         return NoOp(f"{name} stopped")
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         st = state[0]
         return self._systemd(ctx, st) if self.a["manager"] == "systemd" else self._supervisor(ctx, st)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from ..errors import RemoteError
-from .base import Change, NoOp, Op
+from .base import Change, NoOp, Op, OpContext, State
 
 
 def bar(done: int, total: int | None, secs: float) -> str:
@@ -22,15 +23,15 @@ class Weights(Op):
     name = "weights"
     args = {"marker": True, "hf_home": True, "fetch": True, "python": True, "timeout": False}
 
-    def queries(self, ctx):
+    def queries(self, ctx: OpContext) -> list[State]:
         return [{"kind": "stat", "path": str(self.a["marker"])}]
 
-    def check(self, ctx, state):
+    def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         if state[0].get("exists"):
             return NoOp("weights downloaded")
         return Change("wait for the weights download", (), poll=self._poll, changes=True)
 
-    def _poll(self, runner, ctx) -> None:  # noqa: ANN001
+    def _poll(self, runner: Any, ctx: OpContext) -> None:
         timeout = float(self.a.get("timeout", 7200))
         start = time.monotonic()
         argv = [str(self.a["python"]), str(self.a["fetch"]), "status", "--marker", str(self.a["marker"]),

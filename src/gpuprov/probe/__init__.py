@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-
 from pathlib import Path
 
 from ..errors import ProbeError, UsageError
@@ -15,9 +14,10 @@ PROBE_TIMEOUT = 60.0
 PROBE_ARGV = [
     "sh",
     "-c",
-    'if command -v python3 >/dev/null 2>&1; then exec python3 -; else cat >/dev/null; '
+    'if command -v python3 >/dev/null 2>&1; then exec python3 - "$@"; else cat >/dev/null; '
     'printf \'{"probe_version": 1, "errors": {"python": "python3 not found on PATH"}, "kernel": "%s", "arch": "%s"}\' '
     '"$(uname -r)" "$(uname -m)"; fi',
+    "gpuprov-probe",
 ]
 
 
@@ -37,7 +37,10 @@ def parse_probe_output(host: str, stdout: str, stderr: str = "", sftp: bool | No
 
 
 def run_probe(runner, check_sftp: bool = True) -> Facts:  # noqa: ANN001 - any Runner
-    res = runner.run(PROBE_ARGV, stdin=probe_script(), timeout=PROBE_TIMEOUT)
+    """The host's facts; a custom ``install_root`` var is where the probe looks for an installation first."""
+    root = runner.host.var("install_root") if hasattr(runner.host, "var") else None
+    argv = PROBE_ARGV + ([str(root)] if isinstance(root, str) and root.startswith("/") else [])
+    res = runner.run(argv, stdin=probe_script(), timeout=PROBE_TIMEOUT)
     if res.exit_status != 0 and not res.stdout.strip():
         raise ProbeError(f"{runner.host.name}: the probe exited {res.exit_status}: {res.stderr.strip()[-300:]}")
     sftp = runner.sftp_works() if check_sftp else None

@@ -29,7 +29,8 @@ def read(path, limit=65536):
 def run(argv, timeout=20):
     try:
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-        return {"rc": p.returncode, "out": p.stdout.decode("utf-8", "replace"), "err": p.stderr.decode("utf-8", "replace")[-4000:]}
+        return {"rc": p.returncode, "out": p.stdout.decode("utf-8", "replace"),
+                "err": p.stderr.decode("utf-8", "replace")[-4000:]}
     except FileNotFoundError:
         return {"rc": 127, "out": "", "err": "not found"}
     except subprocess.TimeoutExpired:
@@ -103,9 +104,14 @@ def container():
     return hints
 
 
+# the host's own install_root var, when it has one (argv), is searched first and measured for disk space
+CUSTOM_ROOT = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].startswith("/") else None
+ROOTS = ([CUSTOM_ROOT] if CUSTOM_ROOT else []) + [r for r in ("/workspace/gpuprov", "/opt/gpuprov") if r != CUSTOM_ROOT]
+
+
 def disk():
     workspace = os.path.isdir("/workspace")
-    root = "/workspace/gpuprov" if workspace else "/opt/gpuprov"
+    root = CUSTOM_ROOT or ("/workspace/gpuprov" if workspace else "/opt/gpuprov")
     probe = root
     while not os.path.exists(probe):
         probe = os.path.dirname(probe) or "/"
@@ -119,8 +125,8 @@ def user():
 
 
 def tools():
-    return {t: shutil.which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl", "nvidia-smi",
-                                         "flock")}
+    return {t: shutil.which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl",
+                                         "nvidia-smi", "flock")}
 
 
 def nvml():
@@ -177,7 +183,7 @@ def smi():
 
 def state():
     out = {}
-    for root in ("/workspace/gpuprov", "/opt/gpuprov"):
+    for root in ROOTS:
         text = read(root + "/state.json")
         if text:
             out[root] = text
@@ -198,7 +204,8 @@ attempt("container", container)
 attempt("disk", disk)
 attempt("user", user)
 attempt("tools", tools)
-attempt("driver_files", lambda: {"proc": read("/proc/driver/nvidia/version"), "sys": read("/sys/module/nvidia/version")})
+attempt("driver_files", lambda: {"proc": read("/proc/driver/nvidia/version"),
+                                  "sys": read("/sys/module/nvidia/version")})
 attempt("nvml", nvml)
 if not OUT.get("nvml", {}).get("gpus"):
     attempt("nvidia_smi", smi)

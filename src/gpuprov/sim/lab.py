@@ -64,7 +64,8 @@ def _run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subp
     except subprocess.TimeoutExpired:
         raise LabError(f"{' '.join(argv)} ran past {timeout} s") from None
     except FileNotFoundError:
-        raise LabError(f"{argv[0]} is not installed (the lab needs iproute2, openssh-server, systemd-container)") from None
+        raise LabError(f"{argv[0]} is not installed "
+                       "(the lab needs iproute2, openssh-server, systemd-container)") from None
     if check and p.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()[-400:]}")
     return p
@@ -155,8 +156,8 @@ class Lab:
             return
         with socket.socket() as probe_sock:
             if probe_sock.connect_ex((self.bridge_ip, self.SERVICES_PORT)) == 0:
-                raise LabError(f"another gpuprov lab already serves {self.services_url} on bridge {self.bridge}; take it "
-                               "down (`invoke sim-down` with its GPUPROV_HOME) or use GPUPROV_SIM_PREFIX and "
+                raise LabError(f"another gpuprov lab already serves {self.services_url} on bridge {self.bridge}; "
+                               "take it down (`invoke sim-down` with its GPUPROV_HOME) or use GPUPROV_SIM_PREFIX and "
                                "GPUPROV_SIM_SUBNET to run a second lab")
         from .content import prepare
 
@@ -165,9 +166,9 @@ class Lab:
         log = open(self.dir / "services.log", "ab")
         import sys
 
-        p = subprocess.Popen([sys.executable, "-m", "gpuprov.sim.services", "--dir", str(root), "--bind", self.bridge_ip,
-                              "--port", str(self.SERVICES_PORT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=log, start_new_session=True)
+        p = subprocess.Popen([sys.executable, "-m", "gpuprov.sim.services", "--dir", str(root),
+                              "--bind", self.bridge_ip, "--port", str(self.SERVICES_PORT)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         log.close()
         assert p.stdout is not None
         line = p.stdout.readline()
@@ -213,7 +214,8 @@ class Lab:
         if engine not in ENGINES:
             raise LabError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
         if not NAME_RE.match(name):
-            raise LabError(f"sim host name {name!r}: use 1-20 lowercase letters, digits and dashes, starting with a letter")
+            raise LabError(f"sim host name {name!r}: "
+                           "use 1-20 lowercase letters, digits and dashes, starting with a letter")
         if os.geteuid() != 0:
             raise LabError("the simulated lab needs root (network namespaces, mounts)")
         persona = "none" if gpu == "none" else str(find_persona(gpu))
@@ -395,7 +397,8 @@ class Lab:
                 _kill_pid(int(pid), signal.SIGKILL, wait=2)
         if h.systemd and (d / "merged").is_dir():
             for _ in range(20):
-                if _run(["umount", str(d / "merged")], check=False).returncode == 0 or not os.path.ismount(d / "merged"):
+                if (_run(["umount", str(d / "merged")], check=False).returncode == 0
+                        or not os.path.ismount(d / "merged")):
                     break
                 time.sleep(0.25)
         if ns_exists:

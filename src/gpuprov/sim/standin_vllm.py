@@ -93,7 +93,8 @@ def make_handler(eng):
                 return
             if self.path == "/v1/models":
                 return self.send(200, {"object": "list", "data": [{"id": eng.served, "object": "model",
-                                       "owned_by": "vllm", "root": eng.model, "max_model_len": int(eng.a.max_model_len or 4096)}]})
+                                       "owned_by": "vllm", "root": eng.model,
+                                       "max_model_len": int(eng.a.max_model_len or 4096)}]})
             self.send(404, {"detail": "Not Found"})
 
         def do_POST(self):
@@ -136,12 +137,15 @@ def make_handler(eng):
                     self.wfile.flush()
 
                 base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": eng.served}
-                chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+                chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}]})
                 if tool:
-                    chunk({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **tool}]}, "finish_reason": None}]})
+                    chunk({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **tool}]},
+                                                "finish_reason": None}]})
                 else:
                     for i, w in enumerate(words):
-                        chunk({**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w}, "finish_reason": None}]})
+                        chunk({**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w},
+                                                    "finish_reason": None}]})
                 chunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool else
                                             ("length" if len(words) < 12 else "stop")}]})
                 chunk("[DONE]")
@@ -151,7 +155,8 @@ def make_handler(eng):
             if tool:
                 msg["tool_calls"] = [tool]
             self.send(200, {"id": rid, "object": "chat.completion", "created": created, "model": eng.served,
-                            "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if tool else "stop"}],
+                            "choices": [{"index": 0, "message": msg,
+                                         "finish_reason": "tool_calls" if tool else "stop"}],
                             "usage": usage})
     return H
 
@@ -180,17 +185,21 @@ def serve(argv):
         return 1
     max_len = int(a.max_model_len or 4096)
     log("Using max model len %d" % max_len)
-    log("Initializing a V1 LLM engine (v%s) with config: model=%r" % (__version__, eng.model), "EngineCore pid=%d" % os.getpid())
+    log("Initializing a V1 LLM engine (v%s) with config: model=%r" % (__version__, eng.model),
+        "EngineCore pid=%d" % os.getpid())
     log("Starting to load model %s..." % eng.model, "EngineCore")
     files = weights(eng.model)
     size = sum(os.path.getsize(f) for f in files)
-    log("Filesystem type for checkpoints: ext4. Checkpoint size: %.2f GiB. Available RAM: 20.00 GiB." % (size / 2**30), "EngineCore")
+    log("Filesystem type for checkpoints: ext4. Checkpoint size: %.2f GiB. Available RAM: 20.00 GiB."
+        % (size / 2**30), "EngineCore")
     n = max(1, len(files))
     for i in range(1, n + 1):
         time.sleep(step * 3 / n)
-        log("Loading safetensors checkpoint shards: %3d%% Completed | %d/%d [00:0%d<00:00,  1.00it/s]" % (100 * i // n, i, n, i), "EngineCore")
+        log("Loading safetensors checkpoint shards: %3d%% Completed | %d/%d [00:0%d<00:00,  1.00it/s]"
+            % (100 * i // n, i, n, i), "EngineCore")
     if os.environ.get("GPUPROV_STANDIN_FAIL") == "oom":
-        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB\n")
+        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. "
+                         "GPU 0 has a total capacity of 79.19 GiB\n")
         sys.stderr.write("EngineCore failed to start.\n")
         return 1
     log("Loading weights took %.2f seconds" % (step * 3), "EngineCore")

@@ -8,8 +8,8 @@ import csv
 import hashlib
 import io
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 Entry = tuple[str, bytes, "zipfile.ZipInfo | None"]  # path in the wheel, content, original entry (keeps mode, date)
 

@@ -1,0 +1,105 @@
+"""A runner for tests that answers from a function instead of a host (as httpx's MockTransport does for HTTP).
+
+``FakeRunner(handler)`` records every command (argv and stdin) and asks ``handler(call)`` for the answer:
+a ``Result``, an ``(exit_status, stdout, stderr)`` tuple, a string (stdout, exit 0) or None (exit 0, no output).
+The play's state-gathering exec is recognised (``call.queries`` holds its queries), so a handler can answer
+gathered state as data. Streams (the host lock, ``logs -f``) answer from ``handler`` too: the stdout of the
+answer is what the stream yields, then it ends.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .connection import DEFAULT_TIMEOUT, Result, Runner
+from .inventory import Host
+
+
+@dataclass
+class Call:
+    argv: tuple[str, ...]
+    stdin: bytes | None = None
+    stream: bool = False
+
+    @property
+    def queries(self) -> list[dict] | None:
+        """The queries of a state-gathering exec (``python3 -S -c <gather.py> main([...])``), else None."""
+        if self.argv[:3] != ("python3", "-S", "-c") or len(self.argv) < 4:
+            return None
+        last = self.argv[3].rstrip().rsplit("\n", 1)[-1]
+        if not last.startswith("main(") or not last.endswith(")"):
+            return None
+        return ast.literal_eval(last[len("main("):-1])
+
+    @property
+    def line(self) -> str:
+        """The command as one short line (the first argument that is a program's text is cut), for assertions."""
+        return " ".join(a if "\n" not in a else "<script>" for a in self.argv)
+
+
+Answer = Result | tuple | str | None
+
+
+class FakeStream:
+    def __init__(self, data: bytes):
+        self.data, self.closed = data, False
+
+    def recv(self, n: int, timeout: float) -> bytes | None:
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeRunner(Runner):
+    handler: Callable[[Call], Answer] = lambda call: None
+    host: Host = field(default_factory=lambda: Host(name="fake", address="fake"))
+    calls: list[Call] = field(default_factory=list)
+    exec_count: int = 0
+    streams: list[FakeStream] = field(default_factory=list)
+
+    def _answer(self, call: Call) -> Result:
+        self.calls.append(call)
+        self.exec_count += 1
+        a = self.handler(call)
+        if isinstance(a, Result):
+            return a
+        if a is None:
+            a = (0, "", "")
+        elif isinstance(a, str):
+            a = (0, a, "")
+        rc, out, err = (tuple(a) + ("", ""))[:3]
+        return Result(call.argv, int(rc), str(out), str(err), 0.0)
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        return self._answer(Call(tuple(str(a) for a in argv), stdin))
+
+    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> FakeStream:
+        res = self._answer(Call(tuple(str(a) for a in argv), None, stream=True))
+        s = FakeStream((res.stdout + res.stderr).encode())
+        self.streams.append(s)
+        return s
+
+    def sftp_works(self, timeout: float = 5.0) -> bool:
+        return False
+
+    def commands(self) -> list[str]:
+        """Every command except state gathering, as short lines."""
+        return [c.line for c in self.calls if c.queries is None]
+
+
+def gathered(answers: Callable[[dict], dict]) -> Callable[[Call], Answer]:
+    """A handler that answers each gathered query with ``answers(query)`` and every other command with exit 0."""
+
+    def handler(call: Call) -> Answer:
+        qs = call.queries
+        return repr([answers(q) for q in qs]) if qs is not None else None
+
+    return handler
+
+
+__all__ = ["Call", "FakeRunner", "FakeStream", "gathered"]

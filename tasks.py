@@ -38,6 +38,7 @@ def _verbose(on):
     if on:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="[%(name)s] %(message)s")
         logging.getLogger("paramiko").setLevel(logging.INFO)
+        logging.getLogger("invoke").setLevel(logging.WARNING)
 
 
 def _errors(fn):

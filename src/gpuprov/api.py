@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import settings
+from . import remote, settings
 from .connection import known_hosts, open_runner, ssh_config_aliases
 from .errors import UsageError
 from .executor import HostRun, RunOptions, apply_one, run_play, service_op, template_dirs
@@ -124,17 +124,11 @@ def play(playbook: str | Path, hosts: Sequence[Host], check: bool = False, diff:
 # --------------------------------------------------------------------------- tunnel
 
 
-HEALTH_ARGV = ["python3", "-c",
-               "import sys,urllib.request\n"
-               "try:\n    urllib.request.urlopen('http://127.0.0.1:%s/health' % sys.argv[1], timeout=5); print('ok')\n"
-               "except Exception as e:\n    print(e)"]
-
-
 def engine_ready(host: Host, port: int) -> str | None:
     """None when the engine on ``host`` answers /health; else the reason."""
     runner = open_runner(host, known_hosts())
     try:
-        out = runner.run(HEALTH_ARGV + [str(port)], timeout=20).stdout.strip()
+        out = remote.run(runner, "engine_health", port, timeout=20).stdout.strip()
         return None if out == "ok" else out or "no answer"
     finally:
         runner.close()

@@ -86,7 +86,8 @@ class Runner:
     def put(self, data: bytes, path: str, *, mode: int = 0o644, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.run(put_argv(path, mode), stdin=data, timeout=timeout).check()
 
-    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> Stream:
+    def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> Stream:
+        """Start ``argv``, write ``stdin`` to it and keep its stdin open; read its output as it comes."""
         raise NotImplementedError
 
     def sftp_works(self, timeout: float = 5.0) -> bool:
@@ -116,9 +117,12 @@ class ChannelStream:
 
 
 class ProcessStream:
-    def __init__(self, argv: Sequence[str]):
+    def __init__(self, argv: Sequence[str], stdin: bytes = b""):
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        if stdin and self.proc.stdin:
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.flush()
 
     def recv(self, n: int, timeout: float) -> bytes | None:
         import select
@@ -431,13 +435,15 @@ class SSHRunner(Runner):
             time.monotonic() - start,
         )
 
-    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> Stream:
+    def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> Stream:
         cmd = shlex.join(str(a) for a in argv)
         log.debug("%s $ %s (stream)", self.host.name, _shown(cmd))
         try:
             chan = self.transport.open_session(timeout=timeout)
             chan.set_combine_stderr(True)
             chan.exec_command(cmd)
+            if stdin:
+                chan.sendall(stdin)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise ConnectError(f"{self.host.name}: cannot open a session: {e or type(e).__name__}") from None
         self.exec_count += 1
@@ -530,10 +536,10 @@ class LocalRunner(Runner):
             time.monotonic() - start,
         )
 
-    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> Stream:
+    def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> Stream:
         log.debug("%s $ %s (stream)", self.host.name, _shown(shlex.join(str(a) for a in argv)))
         self.exec_count += 1
-        return ProcessStream([str(a) for a in argv])
+        return ProcessStream([str(a) for a in argv], stdin)
 
     def sftp_works(self, timeout: float = 5.0) -> bool:
         return True

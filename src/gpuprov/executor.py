@@ -1,7 +1,7 @@
 """Run plays on hosts with Ansible semantics: check/diff, handlers, register/when, per-host isolation, recap.
 
 One SSH connection per host (each in its own worker thread). Before the first task, the state every task of
-the play needs is gathered in ONE remote exec (``ops/gather.py``); a no-op run therefore costs one round trip
+the play needs is gathered in ONE remote exec (``remote/gather.py``); a no-op run therefore costs one round trip
 per host. Once a task has changed something, later tasks re-read their own state right before deciding.
 """
 
@@ -11,11 +11,10 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import settings
+from . import remote, settings
 from .errors import ConnectError, GpuprovError, RemoteError, UsageError
 from .fleet import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, for_each_host, one_line
 from .inventory import Host
@@ -23,8 +22,6 @@ from .ops import Change, NoOp, Op, OpContext
 from .ops.files import Template
 from .playbook import Play, Task, Templar
 from .secrets import Secret, redact
-
-GATHER_ARGV_PREFIX = ["python3", "-S", "-c"]
 
 
 @dataclass
@@ -98,17 +95,12 @@ class RunOptions:
     on_progress: Callable[[str, str], None] | None = None
 
 
-def gather_script() -> str:
-    return resources.files("gpuprov.ops").joinpath("gather.py").read_text()
-
-
 def gather(runner: Any, queries: list[dict]) -> list[dict]:
     if not queries:
         return []
     import ast
 
-    script = f"{gather_script()}\nmain({queries!r})\n"
-    res = runner.run(GATHER_ARGV_PREFIX + [script], timeout=120)
+    res = remote.run(runner, "gather", code=f"\nmain({queries!r})\n", flags=("-S",), timeout=120)
     if res.exit_status != 0:
         raise RemoteError(f"{runner.host.name}: state gathering failed: {res.stderr.strip()[-300:]}")
     try:

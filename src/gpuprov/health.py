@@ -15,72 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .status import REMOTE_HELPERS
-
-POLL_SCRIPT = REMOTE_HELPERS + r"""
-import subprocess, sys
-a = json.loads(sys.argv[1])
-out = {"lines": [], "pos": a["pos"], "health": None, "service": None}
-if a["manager"] == "systemd":
-    cmd = ["journalctl", "-u", a["unit"], "-o", "cat", "--no-pager", "--show-cursor", "-n", "400"]
-    cmd += ["--after-cursor", a["pos"]] if a["pos"] else ["--since", "@%d" % int(a["since"])]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lines = p.stdout.decode("utf-8", "replace").splitlines()
-    if lines and lines[-1].startswith("-- cursor: "):
-        out["pos"] = lines.pop()[len("-- cursor: "):]
-    out["lines"] = lines
-    s = subprocess.run(["systemctl", "show", a["unit"], "-p", "ActiveState,NRestarts,ExecMainStatus"],
-                       stdout=subprocess.PIPE).stdout.decode()
-    props = dict(l.split("=", 1) for l in s.splitlines() if "=" in l)
-    out["service"] = {"active": props.get("ActiveState"), "restarts": int(props.get("NRestarts") or 0),
-                      "last_exit": int(props.get("ExecMainStatus") or 0)}
-else:
-    pos = int(a["pos"] or 0)
-    try:
-        with open(a["log"], "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < pos:
-                pos = 0
-            f.seek(pos)
-            data = f.read(1 << 20)
-            pos += len(data)
-        out["lines"] = data.decode("utf-8", "replace").splitlines()
-        out["pos"] = pos
-    except OSError:
-        pass
-    alive, st = supervisor_state(a["pidfile"])
-    out["service"] = {"active": "active" if alive else "inactive", "restarts": st.get("restarts", 0),
-                      "last_exit": st.get("last_exit")}
-out["health"] = http_status(a["port"])
-print(json.dumps(out))
-"""
-
-COMPLETION_SCRIPT = r"""
-import json, sys, time, urllib.request
-a = json.loads(sys.argv[1])
-key = None
-try:
-    with open(a["env_file"]) as f:
-        for line in f:
-            if line.startswith("VLLM_API_KEY="):
-                key = line.split("=", 1)[1].strip()
-except OSError:
-    pass
-body = json.dumps({"model": a["model"], "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}).encode()
-req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % a["port"], data=body,
-                             headers={"Content-Type": "application/json"})
-if key:
-    req.add_header("Authorization", "Bearer " + key)
-t = time.monotonic()
-try:
-    with urllib.request.urlopen(req, timeout=a["timeout"]) as r:
-        d = json.loads(r.read())
-    print(json.dumps({"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
-                      "content": d["choices"][0]["message"].get("content"),
-                      "finish_reason": d["choices"][0].get("finish_reason")}))
-except Exception as e:
-    print(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}))
-"""
+from . import remote
 
 PHASES = [  # in startup order; the lines of vLLM 0.26–0.33 (tests/data/real-engine-cpu-startup.log)
     ("config", re.compile(r"Resolved architecture: ")),
@@ -207,7 +142,7 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
     seen_restarts = None
     last = ""
     while time.monotonic() < deadline:
-        res = runner.run(["python3", "-c", POLL_SCRIPT, json.dumps(args)], timeout=30)
+        res = remote.run(runner, "poll", json.dumps(args), timeout=30)
         if res.exit_status != 0:
             return Readiness(False, time.monotonic() - prog.started, error=f"poll failed: {res.stderr.strip()[-300:]}")
         try:
@@ -245,8 +180,8 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
 
 
 def completion(runner: Any, port: int, env_file: str, model: str, timeout: float = 120) -> dict:
-    res = runner.run(["python3", "-c", COMPLETION_SCRIPT,
-                      json.dumps({"port": port, "env_file": env_file, "model": model, "timeout": timeout})],
+    res = remote.run(runner, "completion",
+                     json.dumps({"port": port, "env_file": env_file, "model": model, "timeout": timeout}),
                      timeout=timeout + 10)
     try:
         return json.loads(res.stdout)

@@ -15,29 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import remote
 from .errors import ConnectError, HostBusy
 
-__all__ = ["HostBusy", "HostLock", "LOCK_SCRIPT"]
+__all__ = ["HostBusy", "HostLock"]
 
-LOCK_SCRIPT = (
-    "import fcntl, os, signal, sys, time\n"
-    "f = open(sys.argv[1], 'a+')\n"
-    "try:\n"
-    "    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-    "except OSError:\n"
-    "    f.seek(0); print('BUSY ' + (f.read().strip() or '?'), flush=True); sys.exit(0)\n"
-    "f.truncate(0); f.write('%s since %s\\n' % (sys.argv[2], time.strftime('%H:%M:%S'))); f.flush()\n"
-    "if len(sys.argv) > 3:\n"  # wait for an earlier run's orphaned commands (they hold the work lock shared)
-    "    w = open(sys.argv[3], 'a+')\n"
-    "    signal.alarm(int(sys.argv[4]))\n"
-    "    try:\n"
-    "        fcntl.flock(w, fcntl.LOCK_EX)\n"
-    "    except OSError:\n"
-    "        print('ORPHANS', flush=True); sys.exit(0)\n"
-    "    signal.alarm(0); fcntl.flock(w, fcntl.LOCK_UN); w.close()\n"
-    "print('LOCKED', flush=True)\n"
-    "sys.stdin.read()\n"
-)
 
 
 class HostLock:
@@ -50,10 +32,9 @@ class HostLock:
     def __enter__(self) -> HostLock:
         deadline = time.monotonic() + self.wait
         while True:
-            argv = ["python3", "-c", LOCK_SCRIPT, self.path, self.owner]
-            if self.work_lock:
-                argv += [self.work_lock, str(int(self.orphan_timeout))]
-            stream = self.runner.open_stream(argv, timeout=10)
+            args = [self.path, self.owner] + ([self.work_lock, str(int(self.orphan_timeout))] if self.work_lock else [])
+            argv, program = remote.command("lock", *args)
+            stream = self.runner.open_stream(argv, stdin=program, timeout=10)
             line = b""
             until = time.monotonic() + self.orphan_timeout + 30
             while not line.endswith(b"\n"):

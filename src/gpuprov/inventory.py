@@ -317,7 +317,8 @@ class Inventory:
         )
 
     def select(self, pattern: str, ssh_config_hosts: Iterable[str] = ()) -> list[Host]:
-        """Resolve ``--host``: inventory hosts, groups, comma lists, ``user@address:port``, ssh aliases."""
+        """Resolve ``--host``: inventory hosts, groups, comma lists, ``user@address:port``, ssh aliases, and
+        ``local`` (this machine, without SSH) unless the inventory names a host ``local`` itself."""
         if not pattern or not pattern.strip():
             raise UsageError("--host is empty")
         out: dict[str, Host] = {}
@@ -333,6 +334,9 @@ class Inventory:
                     raise UsageError(f"group {part!r} has no hosts")
                 for h in members:
                     out[h] = self.host(h)
+            elif part == "local":  # the machine gpuprov runs on (inside a pod's terminal, say): no SSH
+                out[part] = Host(name="local", address="local", groups=("all",),
+                                 vars=MappingProxyType(dict(self.defaults)), source="built-in")
             elif part in aliases or _looks_adhoc(part):
                 adhoc = parse_adhoc(part, self.defaults)
                 out[adhoc.name] = adhoc

@@ -12,11 +12,10 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import settings
+from . import remote, settings
 from .connection import known_hosts, open_runner
 from .errors import ModelUnavailable, RemoteError, UsageError
 from .executor import HostRecap, HostRun, RunOptions, apply_one, service_op, template_dirs
@@ -125,9 +124,9 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
         "hf_token": Secret(hf_token, "HF_TOKEN") if hf_token else None, "api_key": api_key,
         "service": lay.service, "launcher": lay.launcher, "unit": lay.unit, "unit_hash": unit_text_hash,
         "log": lay.log, "pidfile": lay.pidfile, "supervisor": lay.supervisor,
-        "supervisor_local": str(resources.files("gpuprov.ops").joinpath("supervise.py")),
+        "supervisor_source": remote.source("supervise"),
         "fetch_script": lay.fetch_script,
-        "fetch_script_local": str(resources.files("gpuprov.ops").joinpath("fetch_weights.py")),
+        "fetch_source": remote.source("fetch_weights"),
         "weights_marker": f"{plan.hf_home}/.gpuprov/{plan.model.replace('/', '--')}.done",
         "weights_timeout": int(host.var("weights_timeout", 7200)),
         "min_free_gib": float(host.var("weights_min_free_gib", round((plan.model_gib or 0) * 1.05, 1))),

@@ -13,6 +13,7 @@ import ast
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from . import remote
 from .connection import DEFAULT_TIMEOUT, Result, Runner
 from .inventory import Host
 
@@ -24,18 +25,34 @@ class Call:
     stream: bool = False
 
     @property
+    def program(self) -> str | None:
+        """The name of the gpuprov.remote program this call runs (its source arrives on stdin), else None."""
+        if remote.LOADER not in self.argv or not self.stdin:
+            return None
+        for name in remote.PROGRAMS:
+            if self.stdin.startswith(remote.source(name).encode()):
+                return name
+        return None
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """A remote program's own arguments (after the loader and the program's length)."""
+        i = self.argv.index(remote.LOADER) if remote.LOADER in self.argv else -2
+        return self.argv[i + 2:]
+
+    @property
     def queries(self) -> list[dict] | None:
-        """The queries of a state-gathering exec (``python3 -S -c <gather.py> main([...])``), else None."""
-        if self.argv[:3] != ("python3", "-S", "-c") or len(self.argv) < 4:
+        """The queries of a state-gathering exec (the gatherer, its ``main([...])`` appended), else None."""
+        if self.program != "gather" or self.stdin is None:
             return None
-        last = self.argv[3].rstrip().rsplit("\n", 1)[-1]
-        if not last.startswith("main(") or not last.endswith(")"):
-            return None
+        last = self.stdin.decode().rstrip().rsplit("\n", 1)[-1]
         return ast.literal_eval(last[len("main("):-1])
 
     @property
     def line(self) -> str:
-        """The command as one short line (the first argument that is a program's text is cut), for assertions."""
+        """The command as one short line, for assertions: a remote program shows as ``<NAME> ARGS``."""
+        if self.program:
+            return " ".join((f"<{self.program}>", *self.args))
         return " ".join(a if "\n" not in a else "<script>" for a in self.argv)
 
 
@@ -78,8 +95,8 @@ class FakeRunner(Runner):
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
         return self._answer(Call(tuple(str(a) for a in argv), stdin))
 
-    def open_stream(self, argv: Sequence[str], *, timeout: float = 10.0) -> FakeStream:
-        res = self._answer(Call(tuple(str(a) for a in argv), None, stream=True))
+    def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> FakeStream:
+        res = self._answer(Call(tuple(str(a) for a in argv), stdin, stream=True))
         s = FakeStream((res.stdout + res.stderr).encode())
         self.streams.append(s)
         return s

@@ -78,3 +78,18 @@ def test_tasks_run_from_a_subfolder_find_the_project(tmp_path, monkeypatch):
     assert settings.home() == cwd.resolve() / ".gpuprov"
     assert settings.inventory_path() == cwd.resolve() / "inventory"
     assert settings.known_hosts_file().parent == cwd.resolve() / ".gpuprov"
+
+
+def test_verbose_shows_the_commands_and_the_error_chain(tmp_path):
+    cwd = project(tmp_path)
+    quiet = run_cli(cwd, ["probe", "--host", "local", "--json"])
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert json.loads(quiet.stdout)["host"] == "local"  # --host local: this machine, no SSH
+    loud = run_cli(cwd, ["probe", "--host", "local", "--json", "-v"])
+    assert loud.returncode == 0 and "[gpuprov.connection] local $ sh -c " in loud.stderr
+    bad = ["plan", "--facts", str(POD), "-e", "max_model_len=lots"]
+    p = run_cli(cwd, bad)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    p = run_cli(cwd, [*bad, "--verbose"])
+    assert p.returncode == 2 and "Traceback (most recent call last)" in p.stderr
+    assert p.stderr.rstrip().splitlines()[-1].startswith("error: max_model_len (from command line)")

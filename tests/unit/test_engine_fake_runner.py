@@ -15,7 +15,7 @@ from gpuprov.hostlock import HostLock
 from gpuprov.inventory import Host, Var
 from gpuprov.layout import HostLayout
 from gpuprov.playbook import Templar, load_playbook
-from gpuprov.status import STATUS_SCRIPT, read_status
+from gpuprov.status import read_status
 from gpuprov.testing import Call, FakeRunner, gathered
 
 LAY = HostLayout("/opt/gpuprov")
@@ -131,9 +131,9 @@ def test_wait_ready_follows_the_phases_then_proves_readiness_with_a_completion()
     seen = []
 
     def handler(call: Call):
-        if call.argv[2] == health.POLL_SCRIPT:
+        if call.program == "poll":
             return next(polls)
-        if call.argv[2] == health.COMPLETION_SCRIPT:
+        if call.program == "completion":
             return json.dumps({"ok": True, "ms": 12, "model": "m"})
         raise AssertionError(call.line)
 
@@ -160,8 +160,8 @@ def test_read_status_searches_the_custom_install_root_first():
              "pidfile": "/data/gp/run/vllm.pid", "log": "/data/gp/logs/vllm.log", "root": "/data/gp"}
 
     def handler(call: Call):
-        assert call.argv[:3] == ("python3", "-c", STATUS_SCRIPT)
-        assert call.argv[3:] == ("/data/gp", "/workspace/gpuprov", "/opt/gpuprov")
+        assert call.program == "status"
+        assert call.args == ("/data/gp", "/workspace/gpuprov", "/opt/gpuprov")
         return json.dumps({"installed": True, "root": "/data/gp", "state": state, "health": 200,
                            "service": {"state": "active", "restarts": 1}, "version": "0.32.0", "gpus": []})
 

@@ -2,6 +2,3 @@
 
 from . import command, files, packages, service, weights  # noqa: F401  (registration)
 from .base import Change, Command, Diff, NoOp, Op, OpContext  # noqa: F401
-
-GATHER_SCRIPT = "gather.py"
-SUPERVISOR_SCRIPT = "supervise.py"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from .. import remote
 from ..errors import UsageError
 from .base import Change, Command, NoOp, Op, OpContext, State
 
@@ -90,28 +91,6 @@ class Read(Op):
         return {"rc": state[0].get("rc"), "stdout": state[0].get("stdout", ""), "stderr": state[0].get("stderr", "")}
 
 
-WAIT_SCRIPT = r"""
-import socket, sys, time, urllib.request, urllib.error
-kind, target, port, timeout, status = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-deadline = time.monotonic() + timeout
-last = ""
-while time.monotonic() < deadline:
-    try:
-        if kind == "tcp":
-            socket.create_connection((target, port), timeout=2).close()
-            sys.exit(0)
-        with urllib.request.urlopen(target, timeout=5) as r:
-            if r.status == status:
-                sys.exit(0)
-            last = "HTTP %s" % r.status
-    except urllib.error.HTTPError as e:
-        last = "HTTP %s" % e.code
-    except OSError as e:
-        last = str(e)
-    time.sleep(0.5)
-sys.stderr.write("not ready after %ss: %s\n" % (timeout, last))
-sys.exit(1)
-"""
 
 
 class WaitFor(Op):
@@ -128,6 +107,6 @@ class WaitFor(Op):
             args = ["http", str(self.a["url"]), "0"]
         else:
             args = ["tcp", str(self.a.get("host", "127.0.0.1")), str(int(self.a["port"]))]
-        argv = ["python3", "-c", WAIT_SCRIPT, *args, str(timeout), str(int(self.a.get("status", 200)))]
+        argv, program = remote.command("wait_for", *args, timeout, int(self.a.get("status", 200)))
         return Change(f"wait for {self.a.get('url') or self.a.get('port')}",
-                      (Command(tuple(argv), timeout=timeout + 15),), changes=False)
+                      (Command(tuple(argv), stdin=program, timeout=timeout + 15),), changes=False)

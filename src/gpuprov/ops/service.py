@@ -1,6 +1,6 @@
 """service: systemd units (daemon-reload when the unit changed, enable, start/restart/stop), or — on hosts
 without systemd — gpuprov's supervisor with the same meaning: restart on failure, a log file, a pid file,
-and it survives SSH logout (see ``gpuprov/ops/supervise.py``)."""
+and it survives SSH logout (see ``gpuprov/remote/supervise.py``)."""
 
 from __future__ import annotations
 

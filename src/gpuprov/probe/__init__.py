@@ -1,28 +1,26 @@
-"""Probe a host in one round trip: send the stdlib-only ``remote.py`` on stdin, read one JSON object back."""
+"""Probe a host in one round trip: send the stdlib-only ``gpuprov/remote/probe.py`` on stdin, read one JSON object
+back."""
 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
+from .. import remote
 from ..errors import ProbeError, UsageError
 from ..facts import Facts, facts_from_probe, facts_from_text
 
 PROBE_TIMEOUT = 60.0
-# `python3 -` reads the script from stdin; without python3 the host still answers with a fact, not a crash.
-PROBE_ARGV = [
-    "sh",
-    "-c",
-    'if command -v python3 >/dev/null 2>&1; then exec python3 - "$@"; else cat >/dev/null; '
-    'printf \'{"probe_version": 1, "errors": {"python": "python3 not found on PATH"}, "kernel": "%s", "arch": "%s"}\' '
-    '"$(uname -r)" "$(uname -m)"; fi',
-    "gpuprov-probe",
-]
+# without python3 the host still answers with a fact, not a crash
+NO_PYTHON = ('printf \'{"probe_version": 1, "errors": {"python": "python3 not found on PATH"}, "kernel": "%s", '
+             '"arch": "%s"}\' "$(uname -r)" "$(uname -m)"')
 
 
-def probe_script() -> bytes:
-    return resources.files(__package__).joinpath("remote.py").read_bytes()
+def probe_command(install_root: str | None = None) -> tuple[list[str], bytes]:
+    """``(argv, stdin)`` of the probe; a custom ``install_root`` is where it looks for an installation first."""
+    argv, stdin = remote.command("probe", *([install_root] if install_root else []))
+    shell = ('if command -v python3 >/dev/null 2>&1; then exec "$@"; else cat >/dev/null; ' + NO_PYTHON + "; fi")
+    return ["sh", "-c", shell, "gpuprov-probe", *argv], stdin
 
 
 def parse_probe_output(host: str, stdout: str, stderr: str = "", sftp: bool | None = None) -> Facts:
@@ -38,9 +36,9 @@ def parse_probe_output(host: str, stdout: str, stderr: str = "", sftp: bool | No
 
 def run_probe(runner, check_sftp: bool = True) -> Facts:  # noqa: ANN001 - any Runner
     """The host's facts; a custom ``install_root`` var is where the probe looks for an installation first."""
-    root = runner.host.var("install_root") if hasattr(runner.host, "var") else None
-    argv = PROBE_ARGV + ([str(root)] if isinstance(root, str) and root.startswith("/") else [])
-    res = runner.run(argv, stdin=probe_script(), timeout=PROBE_TIMEOUT)
+    root = runner.host.var("install_root")
+    argv, stdin = probe_command(root if isinstance(root, str) and root.startswith("/") else None)
+    res = runner.run(argv, stdin=stdin, timeout=PROBE_TIMEOUT)
     if res.exit_status != 0 and not res.stdout.strip():
         raise ProbeError(f"{runner.host.name}: the probe exited {res.exit_status}: {res.stderr.strip()[-300:]}")
     sftp = runner.sftp_works() if check_sftp else None

@@ -8,56 +8,11 @@
 #   wait-started   exit 0 once the supervisor runs and its child has been started.
 import argparse
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 ROTATE_BYTES = 200 * 1024 * 1024
-
-
-def read_env(path):
-    env = {}
-    if not path:
-        return env
-    with open(path) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line or line.lstrip().startswith("#") or "=" not in line:
-                continue
-            k, v = line.split("=", 1)
-            if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
-                v = v[1:-1]
-            env[k.strip()] = v
-    return env
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return not f.read().split(") ", 1)[1].startswith("Z")
-    except OSError:
-        return False
-
-
-def read_pid(pidfile):
-    try:
-        with open(pidfile) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def write_atomic(path, text):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def cmd_start(a):

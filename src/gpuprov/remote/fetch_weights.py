@@ -7,26 +7,10 @@
 # The HF token is read from the 0600 env file, never from argv.
 import argparse
 import json
-import os
 import shutil
-import sys
 import time
 
 IGNORE = ["original/*", "metal/*", "*.pth", "consolidated*"]
-
-
-def read_env(path):
-    env = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if line and not line.startswith("#") and "=" in line:
-                    k, v = line.split("=", 1)
-                    env[k.strip()] = v
-    except OSError:
-        pass
-    return env
 
 
 def write_status(marker, **kw):

@@ -1,11 +1,9 @@
-# gpuprov state gatherer: runs on the host as `python3 -S -c SCRIPT` (stdlib only). The queries arrive as a
-# Python literal appended to the script (QUERIES = [...]); the answers leave as one Python literal (repr),
+# gpuprov state gatherer: runs on the host under `python3 -S` (stdlib only). The queries arrive as a Python
+# literal in the line `main([...])` appended to the program; the answers leave as one Python literal (repr),
 # which gpuprov reads with ast.literal_eval. One exec answers every operation of a play, which is what makes
 # a no-op run one round trip. Imports are lazy and json/subprocess are avoided: a 50-host run pays this
 # start-up 50 times (python3 -S with no imports starts in ~5 ms; json + subprocess add ~10 ms).
-import os
 import stat
-import sys
 
 
 def q_stat(q):
@@ -105,30 +103,9 @@ def run(argv, timeout=20):
     return rc, b"".join(bufs[out_r]).decode("utf-8", "replace"), b"".join(bufs[err_r]).decode("utf-8", "replace")
 
 
-def pid_alive(pidfile):
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            if f.read().split(") ", 1)[1].startswith("Z"):
-                return None
-    except OSError:
-        return None
-    return pid
-
-
 def q_service(q):
     if q["manager"] == "systemd":
-        rc, out, err = run(["systemctl", "show", q["name"], "-p",
-                            "ActiveState,SubState,UnitFileState,NeedDaemonReload,MainPID,NRestarts,LoadState,"
-                            "ActiveEnterTimestampMonotonic,ExecMainStatus"])
+        rc, out, err = run(["systemctl", "show", q["name"], "-p", SYSTEMD_PROPS])
         props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         return {"manager": "systemd", "rc": rc, "props": props, "err": err[-500:]}
     pid = pid_alive(q["pidfile"])
@@ -177,4 +154,4 @@ def main(queries):
     sys.stdout.write(repr(answers))
 
 
-# QUERIES = [...] and main(QUERIES) are appended by gpuprov.executor.gather
+# main([...]) is appended by gpuprov.executor.gather

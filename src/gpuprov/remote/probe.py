@@ -2,11 +2,9 @@
 # It collects raw observations and prints ONE JSON object; gpuprov.facts parses them locally.
 # Every failure is recorded as data, never raised: the probe must always print its JSON.
 import json
-import os
 import platform
 import shutil
 import subprocess
-import sys
 
 OUT = {"probe_version": 1, "errors": {}}
 

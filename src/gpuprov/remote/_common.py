@@ -1,0 +1,94 @@
+# gpuprov's host-side helpers, shared by every program in this folder (stdlib only, Python 3.8+).
+# gpuprov.remote.source(NAME) puts this file in front of NAME.py, so each program that runs on a host - sent on
+# stdin, or installed as a file (the supervisor, the weights fetcher) - uses the same pid, env-file and HTTP
+# checks. Imports stay inside the functions: the state gatherer starts with `python3 -S` and pays for none.
+import os
+import sys
+
+
+def read_env(path):
+    """KEY=value lines of a 0600 env file (comments and blank lines skipped, one pair of quotes stripped)."""
+    env = {}
+    if not path:
+        return env
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if not line or line.lstrip().startswith("#") or "=" not in line:
+                    continue
+                k, v = line.split("=", 1)
+                if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+                    v = v[1:-1]
+                env[k.strip()] = v
+    except OSError:
+        pass
+    return env
+
+
+def alive(pid):
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return not f.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
+
+
+def read_pid(pidfile):
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pidfile):
+    """The pid in ``pidfile`` when that process runs, else None."""
+    pid = read_pid(pidfile)
+    return pid if pid and alive(pid) else None
+
+
+def write_atomic(path, text):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def supervisor_state(pidfile):
+    """(alive, state) of gpuprov's supervisor: its pid file names a live process; pid.state is its JSON."""
+    import json
+
+    st = {}
+    try:
+        with open(pidfile + ".state") as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        pass
+    return pid_alive(pidfile) is not None, st
+
+
+SYSTEMD_PROPS = ("ActiveState,SubState,UnitFileState,NeedDaemonReload,MainPID,NRestarts,LoadState,"
+                 "ActiveEnterTimestampMonotonic,ExecMainStatus")
+
+
+def http_status(port, path="/health", timeout=3):
+    """The HTTP status of http://127.0.0.1:PORT/PATH on this host, or None when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- the program

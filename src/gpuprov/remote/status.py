@@ -1,0 +1,64 @@
+# What runs on this host now (gpuprov status): the installation found under the roots given on argv (the host's
+# install_root var first), its service state, /health, /version and the GPUs' memory and utilisation. Prints JSON.
+import json
+import subprocess
+import time
+import urllib.request
+
+out = {"installed": False}
+for root in sys.argv[1:]:  # where to look: the host's install_root var first, then the defaults (gpuprov.layout)
+    try:
+        with open(root + "/state.json") as f:
+            st = json.load(f)
+        out.update(installed=True, root=root, state=st)
+        break
+    except (OSError, ValueError):
+        pass
+def run(argv):
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=15).stdout.decode()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+if out["installed"]:
+    st = out["state"]
+    if st["service_manager"] == "systemd":
+        shown = run(["systemctl", "show", st["service"], "-p", "ActiveState,SubState,NRestarts,"
+                     "ActiveEnterTimestampMonotonic,ExecMainStatus,MainPID,LoadState"])
+        props = dict(kv.split("=", 1) for kv in shown.splitlines() if "=" in kv)
+        active = props.get("ActiveState", "unknown")
+        if active == "activating" and props.get("SubState") == "auto-restart":
+            active = "failed"
+        up = None
+        mono = int(props.get("ActiveEnterTimestampMonotonic") or 0)
+        if active == "active" and mono:
+            up = time.clock_gettime(time.CLOCK_MONOTONIC) - mono / 1e6
+        out["service"] = {"state": active, "restarts": int(props.get("NRestarts") or 0), "uptime_s": up,
+                          "pid": int(props.get("MainPID") or 0) or None, "loaded": props.get("LoadState")}
+    else:
+        alive, s = supervisor_state(st["pidfile"])
+        if alive and s.get("child"):
+            state = "active"
+        elif alive:
+            state = "failed" if s.get("last_exit") not in (None, 0) else "activating"
+        else:
+            state = "failed" if s.get("last_exit") not in (None, 0) and not s.get("stopped") else "inactive"
+        up = time.time() - s["child_started_at"] if state == "active" and s.get("child_started_at") else None
+        out["service"] = {"state": state, "restarts": s.get("restarts", 0), "uptime_s": up, "pid": s.get("child"),
+                          "last_exit": s.get("last_exit")}
+    port = st.get("engine_port", 8000)
+    out["health"] = http_status(port)
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/version" % port, timeout=3) as r:
+            out["version"] = json.loads(r.read()).get("version")
+    except (OSError, ValueError):
+        out["version"] = None
+q = run(["nvidia-smi", "--query-gpu=index,memory.used,memory.total,utilization.gpu", "--format=csv,noheader,nounits"])
+gpus = []
+for line in q.splitlines():
+    p = [x.strip() for x in line.split(",")]
+    if len(p) == 4 and p[0].isdigit():
+        gpus.append({"index": int(p[0]), "memory_used_mib": int(p[1]) if p[1].isdigit() else None,
+                     "memory_total_mib": int(p[2]) if p[2].isdigit() else None,
+                     "utilization_pct": int(p[3]) if p[3].isdigit() else None})
+out["gpus"] = gpus
+print(json.dumps(out))

@@ -70,6 +70,8 @@ class GpuReport:
     cuda_driver_version: str | None = None
     gpus: tuple[GPU, ...] = ()
     error: str | None = None
+    #: where NVML and nvidia-smi both answered and said different things (None when they agree)
+    disagreement: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class Facts:
     cuda_driver_version: str | None = None
     source: str | None = None
     gpu_error: str | None = None
+    gpu_disagreement: str | None = None
     gpus: tuple[GPU, ...] = ()
     installed: Mapping[str, Any] = field(default_factory=dict)
     probe_errors: Mapping[str, str] = field(default_factory=dict)
@@ -137,7 +140,8 @@ _FACT_TYPES = {
     "glibc": "str", "python": "str", "python_path": "str", "python_venv": "bool", "pythons": "strs",
     "pid1": "str", "systemd": "bool", "container": "strs", "is_root": "bool", "sudo": "bool", "workspace": "bool",
     "install_root": "str", "disk_free_bytes": "count", "sftp": "bool", "tools": "map", "driver_version": "str",
-    "cuda_driver_version": "str", "source": "str", "gpu_error": "str", "installed": "map", "probe_errors": "map",
+    "cuda_driver_version": "str", "source": "str", "gpu_error": "str", "gpu_disagreement": "str", "installed": "map",
+    "probe_errors": "map",
 }
 _GPU_TYPES = {"index": "count", "name": "str", "uuid": "str", "pci_bus_id": "str", "memory_total_mib": "count",
               "memory_free_mib": "count", "compute_capability": "cc", "mig_mode": "str"}
@@ -478,10 +482,21 @@ def parse_smi_table(text: str) -> GpuReport:
 
 # --------------------------------------------------------------------------- probe JSON → Facts
 
+MISMATCH = ("NVML/driver version mismatch: the driver was upgraded without a reboot; reboot the host or reload the "
+            "driver (rmmod nvidia && modprobe nvidia)")
+NO_PERMISSION = "no permission to open the GPU devices (/dev/nvidia*): run as root or as a user in the video group"
+# the words nvidia-smi and NVML (through pynvml) print for each failure → what it means and what fixes it
 SMI_FAILURES = (
     ("couldn't communicate with the nvidia driver", "the NVIDIA driver is not loaded (nvidia-smi cannot talk to it)"),
-    ("driver/library version mismatch", "NVML/driver version mismatch: the driver was upgraded without a reboot"),
+    ("driver/library version mismatch", MISMATCH),
+    ("insufficient permissions", NO_PERMISSION),
     ("no devices were found", "the driver is loaded but sees no GPU"),
+)
+NVML_FAILURES = (
+    ("shared library not found", "no NVIDIA driver: the NVML library (libnvidia-ml.so.1) is not installed"),
+    ("driver not loaded", "the NVIDIA driver is not loaded (NVML: Driver Not Loaded)"),
+    ("nvml/rm version mismatch", MISMATCH),
+    ("insufficient permissions", NO_PERMISSION),
 )
 
 
@@ -495,28 +510,62 @@ def _smi_error(res: Mapping[str, Any]) -> str:
     return f"nvidia-smi failed (exit {res.get('rc')}): {first}"
 
 
+def _nvml_error(text: str) -> str:
+    low = text.lower()
+    for needle, meaning in NVML_FAILURES:
+        if needle in low:
+            return f"{meaning} ({text.strip()[:200]})"
+    return f"NVML: {text.strip()[:200]}"
+
+
+def disagreement(nvml: GpuReport, smi: GpuReport) -> str | None:
+    """What NVML and nvidia-smi say differently about the same driver and GPUs (None when they agree)."""
+    diffs = []
+    if nvml.driver_version != smi.driver_version:
+        diffs.append(f"driver {nvml.driver_version} (NVML) vs {smi.driver_version} (nvidia-smi)")
+    if len(nvml.gpus) != len(smi.gpus):
+        diffs.append(f"{len(nvml.gpus)} GPU(s) (NVML) vs {len(smi.gpus)} (nvidia-smi)")
+    for a, b in zip(nvml.gpus, smi.gpus, strict=False):  # a count difference is reported above
+        for what in ("name", "uuid", "compute_capability"):
+            x, y = getattr(a, what), getattr(b, what)
+            if x and y and x != y:
+                diffs.append(f"GPU {a.index} {what} {x} (NVML) vs {y} (nvidia-smi)")
+        if a.memory_total_mib and b.memory_total_mib and abs(a.memory_total_mib - b.memory_total_mib) > 1:
+            diffs.append(f"GPU {a.index} memory {a.memory_total_mib} MiB (NVML) vs {b.memory_total_mib} MiB "
+                         "(nvidia-smi)")
+    return "; ".join(diffs) or None
+
+
+def _smi_report(smi: Mapping[str, Any]) -> GpuReport | None:
+    if not smi.get("present"):
+        return None
+    xml = smi.get("xml") or {}
+    if xml.get("rc") == 0 and xml.get("out", "").strip():
+        caps = parse_compute_caps((smi.get("compute_cap") or {}).get("out", ""))
+        rep = parse_smi_xml(xml["out"], caps)
+        if rep.error is None and not rep.gpus:
+            return GpuReport(rep.source, rep.driver_version, rep.cuda_driver_version, (), "nvidia-smi lists no GPUs")
+        return rep
+    return GpuReport("nvidia-smi", error=_smi_error(xml))
+
+
 def gpu_report_from_probe(raw: Mapping[str, Any]) -> GpuReport:
-    """Choose the best GPU source in the probe's output: NVML, else nvidia-smi XML, else the failure."""
+    """Choose the GPU source in the probe's output: NVML when it answers (noting where nvidia-smi disagrees), else
+    nvidia-smi's XML, else the failure in the driver's own words and what fixes it."""
     nv = raw.get("nvml") or {}
+    smi = _smi_report(raw.get("nvidia_smi") or {})
     nvml_note = None
     if nv.get("available") and not nv.get("error") and nv.get("gpus") is not None:
         rep = parse_nvml(nv)
         if rep.gpus:
-            return rep
+            other = disagreement(rep, smi) if smi is not None and smi.error is None else None
+            return GpuReport(rep.source, rep.driver_version, rep.cuda_driver_version, rep.gpus, None, other)
         nvml_note = "NVML reports no GPUs"
     elif nv.get("error") and nv.get("available"):
-        nvml_note = f"NVML: {nv['error']}"
-    smi = raw.get("nvidia_smi") or {}
-    if smi.get("present"):
-        xml = smi.get("xml") or {}
-        if xml.get("rc") == 0 and xml.get("out", "").strip():
-            caps = parse_compute_caps((smi.get("compute_cap") or {}).get("out", ""))
-            rep = parse_smi_xml(xml["out"], caps)
-            if rep.error is None and not rep.gpus:
-                return GpuReport(rep.source, rep.driver_version, rep.cuda_driver_version, (),
-                                 "nvidia-smi lists no GPUs")
-            return rep
-        return GpuReport("nvidia-smi", error=_smi_error(xml))
+        nvml_note = _nvml_error(str(nv["error"]))
+    library_missing = "shared library not found" in str(nv.get("error", "")).lower()
+    if smi is not None and (smi.error is None or nvml_note is None or library_missing):
+        return smi
     if nvml_note:
         return GpuReport("nvml", error=nvml_note)
     return GpuReport("none", error="no NVIDIA driver: nvidia-smi not found and NVML not available")
@@ -583,6 +632,7 @@ def facts_from_probe(host: str, raw: Mapping[str, Any], sftp: bool | None = None
         cuda_driver_version=rep.cuda_driver_version,
         source=rep.source,
         gpu_error=rep.error,
+        gpu_disagreement=rep.disagreement,
         gpus=rep.gpus,
         installed=installed,
         probe_errors=dict(raw.get("errors") or {}),

@@ -437,6 +437,9 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
     if not gpus:
         return Plan(False, reason="no GPU selected", ways_out=("check gpu_indices",), **base)
     warnings += _busy_gpus(gpus)
+    if facts.gpu_disagreement:
+        warnings.append(f"NVML and nvidia-smi disagree ({facts.gpu_disagreement}); planned with NVML's values — "
+                        "a driver upgraded without a reboot often shows this way")
     _check_tensor_parallel(ev, model, gpus, host.name)
     sizing, tried, how = _choose_sizing(model, gpus, ev)
     mem = {"gpu": gpus[0].name, "gpus": len(gpus), "weights_gib": model.weight_gib,

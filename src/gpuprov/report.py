@@ -88,12 +88,16 @@ def probe_human(outcomes: Sequence[HostOutcome[Facts]]) -> None:
             ("Disk", f"{(f.disk_free_bytes or 0) / 2**30:.1f} GiB free for {f.install_root}"
                      + (" (/workspace persists)" if f.workspace else "")),
             ("SFTP", "yes" if f.sftp else "no (uploads go through exec)"),
-            ("Driver", f"{f.driver_version or 'none'}; highest CUDA {f.cuda_driver_version or '?'} (from {f.source})"),
+            ("Driver", f"{f.driver_version or 'none'}; highest CUDA {f.cuda_driver_version or '?'} "
+                       f"(from {f.source})"),
         ]
         for k, v in rows:
             out.print(f"  {k:<7} {v}", markup=False)
         if f.gpu_error:
             out.print(f"  [yellow]GPU     {esc(f.gpu_error)}[/]")
+        if f.gpu_disagreement:
+            out.print(f"  [yellow]GPU     NVML and nvidia-smi disagree: {esc(f.gpu_disagreement)} "
+                      "(NVML's values used)[/]")
         if f.gpus:
             t = Table(show_edge=False, pad_edge=False, box=None)
             for col in ("#", "name", "memory", "CC", "MIG", "PCI bus", "UUID"):

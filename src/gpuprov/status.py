@@ -30,6 +30,8 @@ class EngineStatus:
     manager: str | None = None
     gpus: list[dict] = field(default_factory=list)
     root: str | None = None
+    #: where the GPU memory and utilisation came from: nvml (pynvml on the host or in the engine venv) or nvidia-smi
+    gpu_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,12 +50,13 @@ def read_status(runner: Any) -> tuple[EngineStatus, dict]:
                           f"{(res.stderr or res.stdout).strip()[-300:] or 'no output'}") from None
     name = runner.host.name
     if not raw.get("installed"):
-        return EngineStatus(name, "not-installed", False, gpus=raw.get("gpus", [])), raw
+        return EngineStatus(name, "not-installed", False, gpus=raw.get("gpus", []),
+                            gpu_source=raw.get("gpu_source")), raw
     st, svc = raw["state"], raw.get("service", {})
     host = st.get("engine_host", "127.0.0.1")
     return EngineStatus(
         name, svc.get("state", "unknown"), raw.get("health") == 200, st.get("model"),
         raw.get("version") or st.get("vllm_version"), f"http://{host}:{st.get('engine_port', 8000)}/v1 (on the host)",
         svc.get("uptime_s"), int(svc.get("restarts") or 0), svc.get("pid"), st.get("service_manager"),
-        raw.get("gpus", []), raw.get("root"),
+        raw.get("gpus", []), raw.get("root"), raw.get("gpu_source"),
     ), raw

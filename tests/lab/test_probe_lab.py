@@ -28,25 +28,38 @@ def host_name(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def xml_lab(sim):
-    """One plain host per recorded XML, plus a host with no driver and one whose driver is not loaded."""
+    """Per recorded XML: a host where NVML answers (the real pynvml in front of the lab's stand-in library) and one
+    where only nvidia-smi does; plus hosts with no GPU and with each driver failure."""
     assert XMLS, f"no recorded XML files in {SMI_DATA}"
     for i, xml in enumerate(XMLS):
         sim.up(host_name(i), gpu=str(xml))
+        sim.up(f"s{i}", gpu=str(xml), gpu_mode="no-nvml")
     sim.up("nogpu", gpu="none")
-    sim.up("nodrv", gpu=str(XMLS[0]), gpu_mode="no-driver")
+    for mode in FAILURES:
+        sim.up(f"f-{mode}", gpu=str(XMLS[0]), gpu_mode=mode)
     return sim
 
 
-def test_probe_every_recorded_xml_over_ssh(xml_lab):
-    names = ",".join([host_name(i) for i in range(len(XMLS))] + ["nogpu", "nodrv"])
+FAILURES = {  # --gpu-mode → what the probe must say (the driver's words and the fix)
+    "no-driver": "not loaded",
+    "driver-not-loaded": "the NVIDIA driver is not loaded (NVML: Driver Not Loaded)",
+    "mismatch": "reboot the host or reload the driver",
+    "no-permission": "run as root or as a user in the video group",
+}
+
+
+@pytest.mark.parametrize("prefix,source", [("x", "nvml"), ("s", "nvidia-smi")])
+def test_probe_every_recorded_xml_over_ssh(xml_lab, prefix, source):
+    names = ",".join([f"{prefix}{i}" for i in range(len(XMLS))] + ["nogpu"])
     p = xml_lab.cli("probe", "--host", names, "--json")
     assert p.returncode == 0, p.stderr
     by_host = {d["host"]: d for d in map(json.loads, p.stdout.splitlines())}
-    assert len(by_host) == len(XMLS) + 2
+    assert len(by_host) == len(XMLS) + 1
     for i, xml in enumerate(XMLS):
         exp = EXPECTED[f"xml/{xml.name}"]
-        d = by_host[host_name(i)]
-        assert d["source"] == "nvidia-smi" and d["gpu_error"] is None, xml.name
+        d = by_host[f"{prefix}{i}"]
+        assert d["source"] == source and d["gpu_error"] is None, (xml.name, d["gpu_error"])
+        assert d["gpu_disagreement"] is None, (xml.name, d["gpu_disagreement"])
         assert len(d["gpus"]) == exp["count"], xml.name
         assert d["driver_version"] == exp["driver"], xml.name
         assert d["cuda_driver_version"] == exp["cuda"], xml.name
@@ -54,9 +67,17 @@ def test_probe_every_recorded_xml_over_ssh(xml_lab):
         assert d["gpus"][0]["memory_total_mib"] == exp["mib"], xml.name
         assert d["gpus"][0]["compute_capability"] == exp["cc"], xml.name
         assert d["systemd"] is False
-        assert d["hostname"] == host_name(i)
+        assert d["hostname"] == f"{prefix}{i}"
         for key in ("index", "name", "uuid", "pci_bus_id", "memory_total_mib", "compute_capability", "mig_mode"):
             assert key in d["gpus"][0]
+
+
+def test_both_paths_report_the_same_gpus(xml_lab):
+    """NVML and nvidia-smi read the same recording: any difference would be a parser's bug."""
+    for i in range(len(XMLS)):
+        a, b = (json.loads(xml_lab.cli("probe", "--host", n, "--json").stdout) for n in (f"x{i}", f"s{i}"))
+        keys = ("index", "name", "uuid", "pci_bus_id", "memory_total_mib", "compute_capability")
+        assert [{k: g[k] for k in keys} for g in a["gpus"]] == [{k: g[k] for k in keys} for g in b["gpus"]], XMLS[i]
 
 
 def test_host_without_driver_reports_no_gpus(xml_lab):
@@ -64,9 +85,16 @@ def test_host_without_driver_reports_no_gpus(xml_lab):
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert d["gpus"] == [] and d["driver_version"] is None and "no NVIDIA driver" in d["gpu_error"]
-    p = xml_lab.cli("probe", "--host", "nodrv", "--json")
+
+
+@pytest.mark.parametrize("mode", list(FAILURES))
+def test_each_driver_failure_is_a_fact_and_the_planner_refuses_with_it(xml_lab, mode):
+    p = xml_lab.cli("probe", "--host", f"f-{mode}", "--json")
     d = json.loads(p.stdout)
-    assert d["gpus"] == [] and "not loaded" in d["gpu_error"]
+    assert d["gpus"] == [] and FAILURES[mode] in d["gpu_error"], d["gpu_error"]
+    plan = xml_lab.cli("plan", "--host", f"f-{mode}", "--json")
+    assert plan.returncode == 2
+    assert FAILURES[mode] in json.loads(plan.stdout)["reason"]
 
 
 def test_human_output(xml_lab):
@@ -173,10 +201,10 @@ def test_systemd_host_reports_systemd(sim):
 
 def test_plan_on_every_recorded_xml_host(xml_lab, tmp_path):
     """`invoke plan --host sim` probes each sim host over SSH and plans it; refusals exit 2 with JSON printed."""
-    names = ",".join([host_name(i) for i in range(len(XMLS))] + ["nogpu", "nodrv"])
+    names = ",".join([host_name(i) for i in range(len(XMLS))] + ["nogpu"])
     p = xml_lab.cli("plan", "--host", names, "--json", "-e", "model=meta-llama/Llama-3.2-3B-Instruct")
     plans = {d["host"]: d for d in map(json.loads, p.stdout.splitlines())}
-    assert len(plans) == len(XMLS) + 2, p.stderr
+    assert len(plans) == len(XMLS) + 1, p.stderr
     assert p.returncode == 2  # some recorded GPUs (Pascal, Volta, old drivers) are refused
     for i, xml in enumerate(XMLS):
         d = plans[host_name(i)]

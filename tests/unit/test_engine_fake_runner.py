@@ -18,6 +18,8 @@ from gpuprov.playbook import Templar, load_playbook
 from gpuprov.status import read_status
 from gpuprov.testing import Call, FakeRunner, gathered
 
+from ..conftest import REPO
+
 LAY = HostLayout("/opt/gpuprov")
 
 
@@ -190,3 +192,56 @@ def test_host_lock_on_the_local_runner_is_real(tmp_path):
             HostLock(LocalRunner(Host(name="me", address="local")), path, "second run").__enter__()
     with HostLock(me, path, "third run"):
         pass
+
+
+def _provision_with(tmp_path, monkeypatch, restore_rc: int, readiness: list[bool]):
+    """_run_locked on a one-task playbook (it always changes something), with the readiness results given."""
+    from gpuprov import provision
+    from gpuprov.probe import read_facts_file
+    from gpuprov.provision import _run_locked, gp_vars, plan_for
+
+    facts = read_facts_file(REPO / "examples" / "facts" / "pod-4090.json")[0]
+    host = Host(name="pod-4090", address="x", vars={"model": Var("openai/gpt-oss-20b", "test")})
+    plan = plan_for(host, facts)
+    assert plan.ok and plan.service_manager == "supervisor"
+    gp = gp_vars(host, facts, plan)
+    book = tmp_path / "vllm.yml"
+    book.write_text("- name: t\n  hosts: all\n  tasks:\n    - name: new launcher\n"
+                    "      command: {argv: [write-launcher]}\n")
+    monkeypatch.setattr(provision, "playbook_path", lambda: book)
+    results = iter(readiness)
+    monkeypatch.setattr(health, "wait_ready", lambda *a, **k: health.Readiness(next(results), 0.1, error="boom"))
+
+    def handler(call: Call):
+        if call.queries is not None:
+            return repr([{"running": True, "pid": 9} if q["kind"] == "service" else {"exists": False}
+                         for q in call.queries])
+        if call.argv[:2] == ("sh", "-c") and ".good" in call.argv[2] and "exit 3" in call.argv[2]:
+            return (restore_rc, "", "")
+        return None
+
+    r = FakeRunner(handler, host=host)
+    return _run_locked(host, r, facts, plan, gp, False, False, True, None, None, 60), r
+
+
+def test_a_failed_new_configuration_rolls_back_to_the_last_verified_one(tmp_path, monkeypatch):
+    result, r = _provision_with(tmp_path, monkeypatch, restore_rc=0, readiness=[False, True])
+    cmds = r.commands()
+    restore = next(i for i, c in enumerate(cmds) if "exit 3" in c)
+    assert cmds[0] == "write-launcher"
+    assert [c.split()[:3] for c in cmds[restore + 1:]] == [
+        ["python3", "/workspace/gpuprov/bin/gpuprov-supervise", "stop"], ["setsid", "-f", "python3"],
+        ["python3", "/workspace/gpuprov/bin/gpuprov-supervise", "wait-started"]]
+    assert result.rolled_back is True and result.exit_code == 1  # the new configuration still failed
+
+
+def test_no_roll_back_without_a_verified_configuration(tmp_path, monkeypatch):
+    result, r = _provision_with(tmp_path, monkeypatch, restore_rc=3, readiness=[False])
+    assert result.rolled_back is None
+    assert not any("gpuprov-supervise" in c for c in r.commands())
+
+
+def test_a_verified_configuration_is_kept_as_the_one_to_return_to(tmp_path, monkeypatch):
+    result, r = _provision_with(tmp_path, monkeypatch, restore_rc=0, readiness=[True])
+    keep = [c for c in r.commands() if 'cp -p "$f" "$f.good"' in c]
+    assert len(keep) == 1 and "/workspace/gpuprov/bin/vllm-serve" in keep[0] and result.ok

@@ -153,3 +153,36 @@ def test_facts_json_roundtrip():
     back = Facts.from_json(json.loads(json.dumps(f.to_json())))
     assert back == f
     assert f.pythons == ("3.11", "3.12") and f.systemd
+
+
+NVML_OK = {"available": True, "driver_version": "570.124.04", "cuda_driver_version": 12080,
+           "gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 3060", "uuid": "GPU-d6889ff6-2523-9142-ca3c-1ca3f396a625",
+                     "memory": [12884901888, 1],
+                     "compute_capability": [8, 6], "mig_mode": [0, 0]}]}
+
+
+@pytest.mark.parametrize("error,needle", [
+    ("NVML Shared Library Not Found", "the NVML library (libnvidia-ml.so.1) is not installed"),
+    ("Driver Not Loaded", "the NVIDIA driver is not loaded"),
+    ("RM has detected an NVML/RM version mismatch.", "reboot the host or reload the driver"),
+    ("Insufficient Permissions", "run as root or as a user in the video group"),
+])
+def test_nvml_failures_are_facts_in_the_drivers_words(error, needle):
+    f = facts_from_probe("h", {"nvml": {"available": True, "error": error}, "nvidia_smi": {"present": False}})
+    assert f.gpus == () and needle in f.gpu_error and error in f.gpu_error
+
+
+def test_nvml_is_used_and_a_disagreement_with_nvidia_smi_is_reported():
+    xml = (SMI_DATA / "xml/rtx-3060_driver-570.124.04.xml").read_text()
+    agree = facts_from_probe("h", {"nvml": NVML_OK, "nvidia_smi": {"present": True, "xml": {"rc": 0, "out": xml}}})
+    assert agree.source == "nvml" and agree.gpu_disagreement is None, agree.gpu_disagreement
+    other = dict(NVML_OK, driver_version="575.51.03")
+    f = facts_from_probe("h", {"nvml": other, "nvidia_smi": {"present": True, "xml": {"rc": 0, "out": xml}}})
+    assert f.source == "nvml" and "driver 575.51.03 (NVML) vs 570.124.04 (nvidia-smi)" in f.gpu_disagreement
+
+
+def test_a_missing_nvml_library_defers_to_nvidia_smi():
+    xml = (SMI_DATA / "xml/rtx-3060_driver-570.124.04.xml").read_text()
+    f = facts_from_probe("h", {"nvml": {"available": True, "error": "NVML Shared Library Not Found"},
+                               "nvidia_smi": {"present": True, "xml": {"rc": 0, "out": xml}}})
+    assert f.source == "nvidia-smi" and f.gpu_error is None and len(f.gpus) == 1

@@ -205,7 +205,6 @@ attempt("tools", tools)
 attempt("driver_files", lambda: {"proc": read("/proc/driver/nvidia/version"),
                                   "sys": read("/sys/module/nvidia/version")})
 attempt("nvml", nvml)
-if not OUT.get("nvml", {}).get("gpus"):
-    attempt("nvidia_smi", smi)
+attempt("nvidia_smi", smi)  # both, so that where they disagree the probe can say so
 attempt("state", state)
 sys.stdout.write(json.dumps(OUT))

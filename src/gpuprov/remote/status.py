@@ -52,13 +52,65 @@ if out["installed"]:
             out["version"] = json.loads(r.read()).get("version")
     except (OSError, ValueError):
         out["version"] = None
-q = run(["nvidia-smi", "--query-gpu=index,memory.used,memory.total,utilization.gpu", "--format=csv,noheader,nounits"])
-gpus = []
-for line in q.splitlines():
-    p = [x.strip() for x in line.split(",")]
-    if len(p) == 4 and p[0].isdigit():
-        gpus.append({"index": int(p[0]), "memory_used_mib": int(p[1]) if p[1].isdigit() else None,
-                     "memory_total_mib": int(p[2]) if p[2].isdigit() else None,
-                     "utilization_pct": int(p[3]) if p[3].isdigit() else None})
+
+
+def nvml_gpus(venv):
+    """GPU memory and utilisation through NVML: pynvml from this python, else from the engine's venv (vLLM
+    depends on nvidia-ml-py). None when NVML cannot answer."""
+    try:
+        import pynvml
+    except ImportError:
+        import glob
+
+        found = glob.glob(os.path.join(venv or "/nonexistent", "lib", "python3*", "site-packages"))
+        if not found:
+            return None
+        sys.path.append(found[0])
+        try:
+            import pynvml
+        except ImportError:
+            return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, a mismatch: nvidia-smi may still say more
+        return None
+    try:
+        res = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            try:
+                util = pynvml.nvmlDeviceGetUtilizationRates(h).gpu
+            except Exception:  # noqa: BLE001 - MIG slices and some boards do not report it
+                util = None
+            res.append({"index": i, "memory_used_mib": mem.used // 1048576, "memory_total_mib": mem.total // 1048576,
+                        "utilization_pct": util})
+        return res
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def smi_gpus():
+    q = run(["nvidia-smi", "--query-gpu=index,memory.used,memory.total,utilization.gpu",
+             "--format=csv,noheader,nounits"])
+    gpus = []
+    for line in q.splitlines():
+        p = [x.strip() for x in line.split(",")]
+        if len(p) == 4 and p[0].isdigit():
+            gpus.append({"index": int(p[0]), "memory_used_mib": int(p[1]) if p[1].isdigit() else None,
+                         "memory_total_mib": int(p[2]) if p[2].isdigit() else None,
+                         "utilization_pct": int(p[3]) if p[3].isdigit() else None})
+    return gpus
+
+
+gpus = nvml_gpus((out.get("state") or {}).get("venv"))
+out["gpu_source"] = "nvml" if gpus is not None else "nvidia-smi"
+if gpus is None:
+    gpus = smi_gpus()
 out["gpus"] = gpus
 print(json.dumps(out))

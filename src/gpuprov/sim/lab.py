@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import LabError
 from ..facts import cc_from_name, parse_smi_xml
+from . import nvml
 from .cache import LAB_CACHE
 
 # the lab's cache, outside any clone: the systemd rootfs, third-party wheels, the real engine (real_engine.py)
@@ -213,6 +214,7 @@ class Lab:
            workspace: bool = False, engine: str = "standin", wait: float = 60) -> SimHost:
         if engine not in ENGINES:
             raise LabError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+        nvml.check_mode(gpu_mode)
         if not NAME_RE.match(name):
             raise LabError(f"sim host name {name!r}: "
                            "use 1-20 lowercase letters, digits and dashes, starting with a letter")
@@ -257,12 +259,15 @@ class Lab:
             raise LabError(f"sim host {name} did not answer SSH within {wait:g} s\n{tail}") from None
         return h
 
-    def _gpu_files(self, h: SimHost, usrlocal: Path) -> None:
+    def _gpu_files(self, h: SimHost, usrlocal: Path, libdir: Path) -> None:
+        """The stand-in driver: nvidia-smi answering from the persona, and NVML (the real pynvml in front of the
+        lab's stand-in library, reading the same persona) unless the mode takes it away."""
         (usrlocal / "bin").mkdir(parents=True, exist_ok=True)
         share = usrlocal / "share" / "gpuprov-sim"
         share.mkdir(parents=True, exist_ok=True)
         if h.gpu == "none":
             return
+        nvml.install(Path(h.gpu), h.gpu_mode, share, usrlocal, libdir)
         xml = Path(h.gpu).read_bytes()
         (share / "nvidia-smi.xml").write_bytes(xml)
         rep = parse_smi_xml(xml.decode("utf-8", "replace"))
@@ -300,7 +305,7 @@ class Lab:
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "root").chmod(0o700)
         (d / "hostname").write_text(h.name + "\n")
-        self._gpu_files(h, d / "usrlocal")
+        self._gpu_files(h, d / "usrlocal", d / "libup")
         # sshd's own files live in the host's /usr/local/etc/sshd: paths as seen *inside* the host, because
         # the host's private /tmp may hide the lab folder.
         etc = d / "usrlocal" / "etc" / "sshd"
@@ -320,6 +325,11 @@ class Lab:
         ]
         if h.workspace and Path("/workspace").is_dir():
             mounts.append(["mount", "--bind", str(d / "workspace"), "/workspace"])
+        if (d / "libup").is_dir():  # this host's view of the library folder gains the NVML stand-in
+            (d / "libwork").mkdir(exist_ok=True)
+            mounts.append(["mount", "-t", "overlay", "overlay", "-o",
+                           f"lowerdir={nvml.MULTIARCH_LIB},upperdir={d / 'libup'},workdir={d / 'libwork'}",
+                           str(nvml.MULTIARCH_LIB)])
         mounts += [
             ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"],
             ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/var/tmp"],
@@ -357,7 +367,7 @@ class Lab:
             "Port 22\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "HostKey /etc/ssh/ssh_host_ed25519_key\nLogLevel VERBOSE\nMaxStartups 200\nMaxSessions 100\n"
         )
-        self._gpu_files(h, up / "usr/local")
+        self._gpu_files(h, up / "usr/local", up / str(nvml.MULTIARCH_LIB).lstrip("/"))
         _run(["mount", "-t", "overlay", "overlay", "-o",
               f"lowerdir={rootfs},upperdir={up},workdir={d / 'work'}", str(d / "merged")])
         self._make_netns(h, "host0")

@@ -16,9 +16,10 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -117,9 +118,9 @@ class ChannelStream:
 
 
 class ProcessStream:
-    def __init__(self, argv: Sequence[str], stdin: bytes = b""):
+    def __init__(self, argv: Sequence[str], stdin: bytes = b"", env: Mapping[str, str] | None = None):
         self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
         if stdin and self.proc.stdin:
             self.proc.stdin.write(stdin)
             self.proc.stdin.flush()
@@ -510,12 +511,28 @@ def ssh_config_aliases() -> list[str]:
 # --------------------------------------------------------------------------- local
 
 
+def host_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a command on this machine gets under ``--host local``: this machine's, without what belongs
+    to gpuprov's own Python (PYTHONPATH, its venv on PATH, pip/uv settings) — an SSH session would not have those
+    either, and uv would otherwise see gpuprov's packages as already installed in the engine's venv."""
+    env = dict(os.environ if env is None else env)
+    for k in list(env):
+        if k.startswith(("PYTHON", "PIP_", "UV_", "CONDA")) or k in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__"):
+            del env[k]
+    own_bin = os.path.join(sys.prefix, "bin")
+    if sys.prefix != sys.base_prefix and "PATH" in env:
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if os.path.realpath(p) != own_bin
+                                      and p != own_bin)
+    return env
+
+
 class LocalRunner(Runner):
-    """Runs on the machine you stand on (``--host local``)."""
+    """Runs on the machine you stand on (``--host local``), with that machine's environment (``host_environment``)."""
 
     def __init__(self, host: Host):
         self.host = host
         self.exec_count = 0
+        self.env = host_environment()
 
     def connect(self) -> LocalRunner:
         return self
@@ -526,7 +543,8 @@ class LocalRunner(Runner):
         start = time.monotonic()
         self.exec_count += 1
         try:
-            p = subprocess.run(list(argv), input=stdin or b"", capture_output=True, timeout=timeout, check=False)
+            p = subprocess.run(list(argv), input=stdin or b"", capture_output=True, timeout=timeout, check=False,
+                               env=self.env)
         except subprocess.TimeoutExpired:
             raise RemoteTimeout(f"local: {shlex.join(argv)[:120]} ran past {timeout:g} s") from None
         except FileNotFoundError as e:
@@ -539,7 +557,7 @@ class LocalRunner(Runner):
     def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> Stream:
         log.debug("%s $ %s (stream)", self.host.name, _shown(shlex.join(str(a) for a in argv)))
         self.exec_count += 1
-        return ProcessStream([str(a) for a in argv], stdin)
+        return ProcessStream([str(a) for a in argv], stdin, self.env)
 
     def sftp_works(self, timeout: float = 5.0) -> bool:
         return True

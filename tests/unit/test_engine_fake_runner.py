@@ -245,3 +245,13 @@ def test_a_verified_configuration_is_kept_as_the_one_to_return_to(tmp_path, monk
     result, r = _provision_with(tmp_path, monkeypatch, restore_rc=0, readiness=[True])
     keep = [c for c in r.commands() if 'cp -p "$f" "$f.good"' in c]
     assert len(keep) == 1 and "/workspace/gpuprov/bin/vllm-serve" in keep[0] and result.ok
+
+
+def test_local_commands_get_the_machines_environment_not_gpuprovs_python():
+    from gpuprov.connection import host_environment
+
+    env = host_environment({"PATH": "/usr/bin", "HOME": "/root", "PYTHONPATH": "/opt/site", "VIRTUAL_ENV": "/v",
+                            "UV_INDEX_URL": "http://x", "PIP_INDEX_URL": "http://y", "HF_TOKEN": "hf_x"})
+    assert env == {"PATH": "/usr/bin", "HOME": "/root", "HF_TOKEN": "hf_x"}
+    out = LocalRunner(Host(name="me", address="local")).run(["sh", "-c", "echo ${PYTHONPATH:-none}"]).stdout
+    assert out.strip() == "none"

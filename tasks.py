@@ -405,7 +405,8 @@ def forget_host(c, host, inventory=None, verbose=False):
         "name": "host name (lowercase letters, digits, dashes)",
         "gpu": "GPU persona: a recorded nvidia-smi -q -x file or its name, or 'none'",
         "systemd": "boot a real systemd in an nspawn container (VM-like); default is a RunPod-like host",
-        "gpu_mode": "make the stand-in nvidia-smi fail: no-driver | mismatch",
+        "gpu_mode": "how the stand-in driver behaves: no-nvml (only nvidia-smi) | no-driver | driver-not-loaded | "
+                    "mismatch | no-permission",
         "engine": "standin (default: a small stand-in vllm) | real (the real vLLM 0.32.0 CPU build and a tiny model)",
         "verbose": VERBOSE_HELP,
     }

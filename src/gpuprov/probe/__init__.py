@@ -16,10 +16,10 @@ NO_PYTHON = ('printf \'{"probe_version": 1, "errors": {"python": "python3 not fo
              '"arch": "%s"}\' "$(uname -r)" "$(uname -m)"')
 
 
-def probe_command(install_root: str | None = None) -> tuple[list[str], bytes]:
+def probe_command(install_root: str | None = None, python: str = "python3") -> tuple[list[str], bytes]:
     """``(argv, stdin)`` of the probe; a custom ``install_root`` is where it looks for an installation first."""
-    argv, stdin = remote.command("probe", *([install_root] if install_root else []))
-    shell = ('if command -v python3 >/dev/null 2>&1; then exec "$@"; else cat >/dev/null; ' + NO_PYTHON + "; fi")
+    argv, stdin = remote.command("probe", *([install_root] if install_root else []), python=python)
+    shell = ('if command -v "$1" >/dev/null 2>&1; then exec "$@"; else cat >/dev/null; ' + NO_PYTHON + "; fi")
     return ["sh", "-c", shell, "gpuprov-probe", *argv], stdin
 
 

@@ -36,3 +36,17 @@ def test_the_loader_runs_a_program_and_leaves_stdin_to_it():
 def test_unknown_program_is_an_error():
     with pytest.raises(KeyError):
         remote.source("nope")
+
+
+def test_the_stand_in_engine_is_python_38_with_no_undefined_name(tmp_path):
+    """The lab's stand-in vllm package runs on sim hosts too: the same checks, once its placeholders are filled."""
+    from gpuprov.sim import standin_vllm
+
+    src = standin_vllm.source().replace(standin_vllm.VERSION_PLACEHOLDER, "0.32.0").replace(
+        standin_vllm.FLAGS_PLACEHOLDER, repr({"--port": True}))
+    ast.parse(src, feature_version=(3, 8))
+    f = tmp_path / "vllm_init.py"
+    f.write_text(src)
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F821,F811,F401", "--quiet",
+                        str(f)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr

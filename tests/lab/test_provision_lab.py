@@ -316,6 +316,7 @@ def test_status_running_stopped_and_logs(plain):
     s = status_of(sim, "pv1")
     assert (s["service"], s["ready"], s["model"], s["vllm_version"]) == ("active", True, "openai/gpt-oss-20b", "0.33.0")
     assert s["endpoint"].startswith("http://127.0.0.1:8000/v1") and s["gpus"][0]["memory_total_mib"] == 24564
+    assert s["gpu_source"] == "nvml"  # the real pynvml on the host, in front of the lab's stand-in library
     assert sim.cli("stop", "--host", "pv1").returncode == 0
     s = status_of(sim, "pv1")
     assert (s["service"], s["ready"]) == ("inactive", False)

@@ -86,7 +86,8 @@ def _host_refusal(facts: Facts, m: Mapping[str, Any]) -> Refusal | None:
     return None
 
 
-def _cc_refusal(facts: Facts, m: Mapping[str, Any], model_min_cc: str | None, why: list[str]) -> Refusal | None:
+def _cc_refusal(facts: Facts, m: Mapping[str, Any], model_min_cc: str | None, why: list[str],
+                cause: str | None = None) -> Refusal | None:
     """The GPUs' compute capability against the wheels' floor and the model's (MXFP4 kernels need 8.0)."""
     lowest_cc = min((g.compute_capability for g in facts.gpus if g.compute_capability), key=vtuple, default=None)
     if lowest_cc is None:
@@ -98,7 +99,8 @@ def _cc_refusal(facts: Facts, m: Mapping[str, Any], model_min_cc: str | None, wh
     gpu = facts.gpus[0].name
     if model_min_cc and vtuple(model_min_cc) > vtuple(m["min_compute_capability"]) and vtuple(lowest_cc) >= vtuple(
             m["min_compute_capability"]):
-        return Refusal(f"{gpu} has compute capability {lowest_cc}; this model needs >= {model_min_cc}",
+        return Refusal(f"{gpu} has compute capability {lowest_cc}; this model needs >= {model_min_cc}"
+                       + (f": {cause}" if cause else ""),
                        ("use an Ampere or newer GPU (A10, A100, L4, L40S, RTX 30xx/40xx, H100)",
                         "serve a model without this requirement"))
     return Refusal(f"{gpu} has compute capability {lowest_cc}; current vLLM CUDA wheels need >= "
@@ -121,11 +123,13 @@ def _releases(m: Mapping[str, Any], pin: str | None, model_min_vllm: str | None)
 
 
 def choose_build(facts: Facts, pin: str | None = None, model_min_cc: str | None = None,
-                 model_min_vllm: str | None = None) -> tuple[Build | None, Refusal | None, list[str]]:
-    """facts (+ a user's ``vllm_version`` pin) → the build to install, or a refusal; plus the reasons."""
+                 model_min_vllm: str | None = None, cc_cause: str | None = None,
+                 ) -> tuple[Build | None, Refusal | None, list[str]]:
+    """facts (+ a user's ``vllm_version`` pin) → the build to install, or a refusal; plus the reasons.
+    ``cc_cause`` says why the model needs ``model_min_cc`` (named in the refusal)."""
     m = matrix()
     why: list[str] = []
-    refusal = _host_refusal(facts, m) or _cc_refusal(facts, m, model_min_cc, why)
+    refusal = _host_refusal(facts, m) or _cc_refusal(facts, m, model_min_cc, why, cc_cause)
     if refusal:
         return None, refusal, why
     driver = facts.driver_version

@@ -34,6 +34,8 @@ class ModelSpec:
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     attention_backend_before: Mapping[str, Any] | None = None
+    #: the hub serves the weights only with the token of an account that accepted the model's license
+    gated: bool = False
     source: str = ""
 
     def kv_bytes_per_token(self, kv_dtype_bytes: int = 2, tp: int = 1) -> int:

@@ -94,6 +94,8 @@ class Plan:
     serve_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     api_key_required: bool = False
+    #: the model is gated on the hub and no HF_TOKEN was given: the weights download would be refused
+    needs_hf_token: bool = False
     engine_host: str = "127.0.0.1"
     engine_port: int = 8000
     service_manager: str = "supervisor"
@@ -320,6 +322,43 @@ def _choose_sizing(model: ModelSpec, gpus: list[GPU], ev: EngineVars) -> tuple[S
 # --------------------------------------------------------------------------- flags
 
 
+#: flags the plan sets from vars: given in extra_serve_args they would silently override what the plan shows
+PLAN_OWNED = {"--max-model-len": "max_model_len", "--gpu-memory-utilization": "gpu_memory_utilization",
+              "--max-num-seqs": "max_num_seqs", "--max-num-batched-tokens": "max_num_batched_tokens",
+              "--tensor-parallel-size": "tensor_parallel_size", "-tp": "tensor_parallel_size",
+              "--kv-cache-dtype": "kv_cache_dtype", "--host": "engine_host", "--port": "engine_port",
+              "--served-model-name": "served_model_name", "--enforce-eager": "enforce_eager"}
+
+
+def _check_extra_args(extra: list[str], version: str) -> list[str]:
+    """``extra_serve_args`` against the plan's own flags and the recorded parser of ``version``; warnings."""
+    warnings: list[str] = []
+    table = flag_table()
+    recorded = recorded_serve_flags(version)
+    for a in extra:
+        flag = a.split("=", 1)[0]
+        if flag in PLAN_OWNED:
+            var = PLAN_OWNED[flag]
+            raise UsageError(f"extra_serve_args: {flag} is set by the plan from the var {var}; set {var} instead "
+                             f"(-e {var}=...), so the plan, its checks and the engine agree")
+        if not a.startswith("--"):
+            continue
+        if flag in table["removed"]:
+            raise UsageError(f"extra_serve_args: {flag} — {table['removed'][flag]}")
+        info = table["flags"].get(flag)
+        if info and info.get("secret"):
+            raise UsageError(f"extra_serve_args: {flag} would put a secret in the process list; set api_key "
+                             "(or HF_TOKEN in your environment) instead")
+        if info is None and recorded is not None and flag not in recorded:
+            close = difflib.get_close_matches(flag, list(recorded), n=1)
+            raise UsageError(f"extra_serve_args: vLLM {version}'s `vllm serve` has no {flag}"
+                             + (f" — did you mean {close[0]}?" if close else ""))
+        if info is None and recorded is None:
+            warnings.append(f"extra_serve_args: {flag} is not in gpuprov's flag table for vLLM "
+                            f"{version}; passed through as given")
+    return warnings
+
+
 def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int, build: Build, cc: str | None,
                 hf_home: str) -> tuple[list[str], str | None, list[str]]:
     warnings: list[str] = []
@@ -347,25 +386,8 @@ def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int
             if attention:
                 args += ["--attention-backend", attention]
     table = flag_table()
-    recorded = recorded_serve_flags(build.vllm_version)
     extra = list(ev.extra_serve_args)
-    for a in extra:
-        if not a.startswith("--"):
-            continue
-        flag = a.split("=", 1)[0]
-        if flag in table["removed"]:
-            raise UsageError(f"extra_serve_args: {flag} — {table['removed'][flag]}")
-        info = table["flags"].get(flag)
-        if info and info.get("secret"):
-            raise UsageError(f"extra_serve_args: {flag} would put a secret in the process list; set api_key "
-                             "(or HF_TOKEN in your environment) instead")
-        if info is None and recorded is not None and flag not in recorded:
-            close = difflib.get_close_matches(flag, list(recorded), n=1)
-            raise UsageError(f"extra_serve_args: vLLM {build.vllm_version}'s `vllm serve` has no {flag}"
-                             + (f" — did you mean {close[0]}?" if close else ""))
-        if info is None and recorded is None:
-            warnings.append(f"extra_serve_args: {flag} is not in gpuprov's flag table for vLLM "
-                            f"{build.vllm_version}; passed through as given")
+    warnings += _check_extra_args(extra, build.vllm_version)
     emitted = {a for a in args if a.startswith("--")}
     for flag in emitted:
         assert flag in table["flags"], f"gpuprov emitted unknown flag {flag}"  # a bug, not user input
@@ -374,6 +396,51 @@ def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int
 
 
 # --------------------------------------------------------------------------- the plan
+
+
+def _context_refusal(model: ModelSpec, ev: EngineVars) -> tuple[str, tuple[str, ...]] | None:
+    """A context longer than the model's maximum: vLLM refuses it at start, after the install, so refuse it now."""
+    if not ev.max_model_len or ev.max_model_len <= model.max_position_embeddings:
+        return None
+    if ev.engine_env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") == "1":
+        return None
+    return (f"max_model_len {ev.max_model_len} is longer than {model.name}'s maximum context of "
+            f"{model.max_position_embeddings} tokens (vLLM refuses it at start)",
+            (f"max_model_len={model.max_position_embeddings} or shorter",
+             "engine_env: {VLLM_ALLOW_LONG_MAX_MODEL_LEN: '1'} if you know the model extrapolates that far"))
+
+
+def _cc_cause(model: ModelSpec) -> str | None:
+    """Why the model needs a newer GPU than vLLM itself does (named in the refusal)."""
+    if model.quantization == "mxfp4":
+        return "its MXFP4 weights need vLLM's MXFP4 kernels, which run on compute capability 8.0 (Ampere) or newer"
+    return None
+
+
+def _warnings(model: ModelSpec, gpus: list[GPU], facts: Facts, needs_token: bool) -> list[str]:
+    out = _busy_gpus(gpus)
+    if needs_token:
+        out.append(f"{model.name} is gated on the hub: set HF_TOKEN to a token of an account that accepted its "
+                   f"license (huggingface.co/{model.name}), or the weights download is refused")
+    if facts.gpu_disagreement:
+        out.append(f"NVML and nvidia-smi disagree ({facts.gpu_disagreement}); planned with NVML's values — "
+                   "a driver upgraded without a reboot often shows this way")
+    return out
+
+
+def _sizing_why(model: ModelSpec, ev: EngineVars, sizing: Any, how: str, max_len: int, n_gpus: int) -> list[str]:
+    why = []
+    if how == "best" and not ev.max_model_len:
+        why.append(f"the model's full {model.max_position_embeddings}-token context does not fit; "
+                   f"max_model_len {max_len} is the longest that does")
+    else:
+        why.append(f"max_model_len {max_len}: " + ("as requested" if ev.max_model_len else "the model's maximum")
+                   + f", fits in {sizing.kv_available_gib:g} GiB of KV cache per GPU")
+    why.append(f"tensor_parallel_size {sizing.tensor_parallel_size}: fewest of the {n_gpus} GPU(s) that fit "
+               f"(weights {model.weight_gib:g} GiB → {sizing.weights_gib:g} GiB per GPU)")
+    why.append(f"gpu_memory_utilization {sizing.gpu_memory_utilization:g}, max_num_seqs {sizing.max_num_seqs}, "
+               f"max_num_batched_tokens {sizing.max_num_batched_tokens}")
+    return why
 
 
 def _busy_gpus(gpus: list[GPU]) -> list[str]:
@@ -417,7 +484,10 @@ def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any) 
     return reason, tuple(ways)
 
 
-def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: str | None = None) -> Plan:
+def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: str | None = None,
+              hf_token: bool | None = None) -> Plan:
+    """The plan for ``host`` with these facts and this model (``hf_token``: whether HF_TOKEN is set; None when
+    unknown, as in unit tests)."""
     ev = engine_vars(host)
     base: dict[str, Any] = {"host": host.name, "model": ev.model, "engine_host": ev.engine_host,
                             "engine_port": ev.engine_port}
@@ -427,7 +497,11 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
         return Plan(False, reason=model_error or f"unknown model {ev.model}",
                     ways_out=("use a model from the catalog (gpuprov.models), a hub id whose config.json can be "
                               "read (set HF_TOKEN for gated models), or a local path",), **base)
-    build, refusal, bwhy = choose_build(facts, ev.vllm_version, model.min_compute_capability, model.min_vllm)
+    too_long = _context_refusal(model, ev)
+    if too_long:
+        return Plan(False, reason=too_long[0], ways_out=too_long[1], **base)
+    build, refusal, bwhy = choose_build(facts, ev.vllm_version, model.min_compute_capability, model.min_vllm,
+                                        _cc_cause(model))
     why += bwhy
     if refusal:
         return Plan(False, reason=refusal.reason, ways_out=refusal.ways_out, why=tuple(why), **base)
@@ -436,10 +510,8 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
     why += notes
     if not gpus:
         return Plan(False, reason="no GPU selected", ways_out=("check gpu_indices",), **base)
-    warnings += _busy_gpus(gpus)
-    if facts.gpu_disagreement:
-        warnings.append(f"NVML and nvidia-smi disagree ({facts.gpu_disagreement}); planned with NVML's values — "
-                        "a driver upgraded without a reboot often shows this way")
+    needs_token = bool(model.gated and hf_token is False)
+    warnings += _warnings(model, gpus, facts, needs_token)
     _check_tensor_parallel(ev, model, gpus, host.name)
     sizing, tried, how = _choose_sizing(model, gpus, ev)
     mem = {"gpu": gpus[0].name, "gpus": len(gpus), "weights_gib": model.weight_gib,
@@ -449,16 +521,7 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
         reason, ways = _does_not_fit(model, gpus, ev, best)
         return Plan(False, reason=reason, ways_out=ways, why=tuple(why), memory={**mem, **best.as_dict()}, **base)
     max_len = ev.max_model_len or min(model.max_position_embeddings, round_len(sizing.max_len_that_fits))
-    if how == "best" and not ev.max_model_len:
-        why.append(f"the model's full {model.max_position_embeddings}-token context does not fit; "
-                   f"max_model_len {max_len} is the longest that does")
-    else:
-        why.append(f"max_model_len {max_len}: " + ("as requested" if ev.max_model_len else "the model's maximum")
-                   + f", fits in {sizing.kv_available_gib:g} GiB of KV cache per GPU")
-    why.append(f"tensor_parallel_size {sizing.tensor_parallel_size}: fewest of the {len(gpus)} GPU(s) that fit "
-               f"(weights {model.weight_gib:g} GiB → {sizing.weights_gib:g} GiB per GPU)")
-    why.append(f"gpu_memory_utilization {sizing.gpu_memory_utilization:g}, max_num_seqs {sizing.max_num_seqs}, "
-               f"max_num_batched_tokens {sizing.max_num_batched_tokens}")
+    why += _sizing_why(model, ev, sizing, how, max_len, len(gpus))
     layout = HostLayout(ev.install_root or facts.install_root or ROOTS[-1])
     root, hf_home = layout.root, layout.hf_home
     cc = min((g.compute_capability for g in gpus if g.compute_capability), key=vtuple, default=None)
@@ -487,7 +550,7 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
         gpu_memory_utilization=sizing.gpu_memory_utilization, max_num_seqs=sizing.max_num_seqs,
         max_num_batched_tokens=sizing.max_num_batched_tokens, kv_cache_dtype=ev.kv_cache_dtype,
         attention_backend=attention, serve_args=tuple(args), env=env,
-        api_key_required=bound_public or ev.api_key is not None,
+        api_key_required=bound_public or ev.api_key is not None, needs_hf_token=needs_token,
         service_manager="systemd" if facts.systemd else "supervisor", install_root=root, venv=venv, hf_home=hf_home,
         model_gib=model.weight_gib, memory={**mem, **sizing.as_dict(), "gpu_total_gib": total_gib},
         why=tuple(why), warnings=tuple(warnings), **base,

@@ -64,7 +64,7 @@ def plan_for(host: Host, facts: Facts) -> Plan:
         spec, err = resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None), None
     except ModelUnavailable as e:
         spec, err = None, str(e)
-    return make_plan(facts, host, spec, err)
+    return make_plan(facts, host, spec, err, hf_token=bool(os.environ.get("HF_TOKEN")))
 
 
 def local_model_refusal(model: str) -> str | None:
@@ -134,6 +134,15 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
     }
 
 
+def gated_refusal(host: Host, plan: Plan) -> str | None:
+    """A gated model without HF_TOKEN fails at the download, after the engine install: refuse it first. A host with
+    its own hub (hf_endpoint: a mirror, the lab) decides for itself."""
+    if not plan.needs_hf_token or host.var("hf_endpoint"):
+        return None
+    return (f"{plan.model} is gated on the hub and HF_TOKEN is not set here: accept the model's license on "
+            f"huggingface.co/{plan.model} with your account, then export HF_TOKEN=<a read token of that account>")
+
+
 def disk_refusal(facts: Facts, plan: Plan) -> str | None:
     need = (plan.model_gib or 0) + VENV_OVERHEAD_GIB
     free = (facts.disk_free_bytes or 0) / 2**30
@@ -156,7 +165,7 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
     plan = plan_for(host, facts)
     if not plan.ok:
         return ProvisionResult(host.name, plan, refused=plan.reason)
-    refusal = disk_refusal(facts, plan)
+    refusal = gated_refusal(host, plan) or disk_refusal(facts, plan)
     if refusal:
         return ProvisionResult(host.name, plan, refused=refusal)
     gp = gp_vars(host, facts, plan)

@@ -95,10 +95,10 @@ def test_unknown_gpu_index_and_bad_tp():
 
 
 def test_gpu_indices_and_extra_args_reach_the_plan():
-    p = make_plan(H100, host(gpu_indices=[1], extra_serve_args=["--enforce-eager", "--seed", "7"]),
+    p = make_plan(H100, host(gpu_indices=[1], extra_serve_args=["--disable-custom-all-reduce", "--seed", "7"]),
                   lookup("openai/gpt-oss-20b"))
     assert p.env["CUDA_VISIBLE_DEVICES"] == "1"
-    assert list(p.serve_args[-3:]) == ["--enforce-eager", "--seed", "7"]
+    assert list(p.serve_args[-3:]) == ["--disable-custom-all-reduce", "--seed", "7"]
     p = make_plan(H100, host(extra_serve_args=["--some-new-flag"]), lookup("openai/gpt-oss-20b"))
     assert p.ok and any("--some-new-flag" in w for w in p.warnings)
 
@@ -146,3 +146,15 @@ def test_unknown_model_from_config_json():
         from_config("x/broken", {"hidden_size": 1}, {"metadata": {"total_size": 1}})
     p = make_plan(H100, host(model="nobody/nothing"), None, "cannot read nobody/nothing's config.json")
     assert not p.ok and "config.json" in p.reason
+
+
+def test_provision_refuses_a_gated_model_without_a_token_unless_the_host_has_its_own_hub():
+    from gpuprov.provision import gated_refusal
+
+    spec = lookup("meta-llama/Llama-3.1-8B-Instruct")
+    h = host(model="meta-llama/Llama-3.1-8B-Instruct", max_model_len=8192)
+    p = make_plan(H100, h, spec, hf_token=False)
+    assert p.ok and p.needs_hf_token
+    assert "accept the model's license on huggingface.co/meta-llama/Llama-3.1-8B-Instruct" in gated_refusal(h, p)
+    assert gated_refusal(h.with_vars({"hf_endpoint": "http://mirror:8080"}, "test"), p) is None
+    assert gated_refusal(h, make_plan(H100, h, spec, hf_token=True)) is None

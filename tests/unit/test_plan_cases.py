@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from gpuprov import settings
+from gpuprov.errors import UsageError
 from gpuprov.facts import GPU, Facts, parse_smi_csv, parse_smi_table, parse_smi_xml
 from gpuprov.inventory import Host, Var
 from gpuprov.models import lookup
@@ -48,8 +49,13 @@ def case_host(case: dict) -> Host:
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_plan_case(case):
     host = case_host(case)
-    p = make_plan(case_facts(case), host, lookup(host.var("model")))
     exp = dict(case["expect"])
+    if "raises" in exp:  # bad input: one clear error, no plan
+        with pytest.raises(UsageError) as ei:
+            make_plan(case_facts(case), host, lookup(host.var("model")), hf_token=case.get("hf_token"))
+        assert exp["raises"] in str(ei.value)
+        return
+    p = make_plan(case_facts(case), host, lookup(host.var("model")), hf_token=case.get("hf_token"))
     assert p.ok is exp.pop("ok"), (p.reason, p.why)
     if not p.ok:
         assert p.reason and p.ways_out, "a refusal names the reason and a way out"
@@ -61,6 +67,9 @@ def test_plan_case(case):
                 assert any(w in x for x in p.ways_out), (w, p.ways_out)
         elif key == "why_has":
             assert any(want in x for x in p.why), p.why
+        elif key == "warnings_have":
+            for w in want:
+                assert any(w in x for x in p.warnings), (w, p.warnings)
         elif key == "serve_args_has":
             args = list(p.serve_args)
             i = args.index(want[0])
@@ -74,4 +83,5 @@ def test_plan_case(case):
     if p.ok:
         assert p.serve_args[0] == host.var("model")
         assert "--api-key" not in p.serve_args  # secrets never in argv
-        assert p.max_model_len <= lookup(host.var("model")).max_position_embeddings
+        if (host.var("engine_env") or {}).get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") != "1":
+            assert p.max_model_len <= lookup(host.var("model")).max_position_embeddings

@@ -49,105 +49,111 @@ class Engine:
         self.api_key = (a.api_key or [None])[-1] or os.environ.get("VLLM_API_KEY")
 
 
-def make_handler(eng):
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class Handler(BaseHTTPRequestHandler):
+    eng = None  # the Engine this server answers for (make_handler)
+    protocol_version = "HTTP/1.1"
 
-        def log_message(self, fmt, *args):
-            sys.stderr.write("(APIServer pid=%d) INFO:     %s:%d - %s\n" % (os.getpid(), self.client_address[0],
-                                                                     self.client_address[1], fmt % args))
+    def log_message(self, fmt, *args):
+        sys.stderr.write("(APIServer pid=%d) INFO:     %s:%d - %s\n" % (os.getpid(), self.client_address[0],
+                                                                 self.client_address[1], fmt % args))
 
-        def send(self, code, body, ctype="application/json"):
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def send(self, code, body, ctype="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def authorized(self):
-            if not eng.api_key or not self.path.startswith("/v1"):
-                return True
-            if self.headers.get("Authorization") == "Bearer " + eng.api_key:
-                return True
-            self.send(401, {"error": "Unauthorized"})
-            return False
+    def authorized(self):
+        if not self.eng.api_key or not self.path.startswith("/v1"):
+            return True
+        if self.headers.get("Authorization") == "Bearer " + self.eng.api_key:
+            return True
+        self.send(401, {"error": "Unauthorized"})
+        return False
 
-        def do_GET(self):
-            if self.path in ("/health", "/ping"):
-                return self.send(200, b"", "text/plain")
-            if self.path == "/version":
-                return self.send(200, {"version": __version__})
-            if not self.authorized():
-                return
-            if self.path == "/v1/models":
-                return self.send(200, {"object": "list", "data": [{"id": eng.served, "object": "model",
-                                       "owned_by": "vllm", "root": eng.model,
-                                       "max_model_len": int(eng.a.max_model_len or 4096)}]})
-            self.send(404, {"detail": "Not Found"})
+    def stream(self, base, words, tool):
+        """Server-sent events, chunked, the way vLLM streams a chat completion."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
 
-        def do_POST(self):
-            if self.path == "/ping":
-                return self.send(200, b"", "text/plain")
-            if not self.authorized():
-                return
-            n = int(self.headers.get("Content-Length") or 0)
-            try:
-                req = json.loads(self.rfile.read(n) or b"{}")
-            except ValueError:
-                return self.send(400, {"error": "invalid JSON"})
-            if self.path != "/v1/chat/completions":
-                return self.send(404, {"detail": "Not Found"})
-            if req.get("model") not in (eng.served, eng.model):
-                return self.send(404, {"error": {"message": "The model `%s` does not exist." % req.get("model"),
-                                                 "type": "NotFoundError", "code": 404}})
-            last = (req.get("messages") or [{}])[-1].get("content") or ""
-            if isinstance(last, list):
-                last = " ".join(x.get("text", "") for x in last if isinstance(x, dict))
-            words = ("Hello from the gpuprov stand-in engine (no GPU here): you said " + last).split()
-            words = words[: max(1, int(req.get("max_tokens") or req.get("max_completion_tokens") or 64))]
-            rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-            tool = None
-            if req.get("tools") and req.get("tool_choice") != "none":
-                fn = req["tools"][0]["function"]
-                tool = {"id": "call_" + uuid.uuid4().hex[:8], "type": "function",
-                        "function": {"name": fn["name"], "arguments": json.dumps({"stand_in": True})}}
-            usage = {"prompt_tokens": len(str(req.get("messages")).split()), "completion_tokens": len(words),
-                     "total_tokens": len(str(req.get("messages")).split()) + len(words)}
-            if req.get("stream"):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
+        def chunk(obj):
+            data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
 
-                def chunk(obj):
-                    data = ("data: " + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n\n").encode()
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                    self.wfile.flush()
-
-                base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": eng.served}
-                chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+        chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                    "finish_reason": None}]})
+        if tool:
+            chunk({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **tool}]},
+                                        "finish_reason": None}]})
+        else:
+            for i, w in enumerate(words):
+                chunk({**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w},
                                             "finish_reason": None}]})
-                if tool:
-                    chunk({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **tool}]},
-                                                "finish_reason": None}]})
-                else:
-                    for i, w in enumerate(words):
-                        chunk({**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w},
-                                                    "finish_reason": None}]})
-                chunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool else
-                                            ("length" if len(words) < 12 else "stop")}]})
-                chunk("[DONE]")
-                self.wfile.write(b"0\r\n\r\n")
-                return
-            msg = {"role": "assistant", "content": None if tool else " ".join(words)}
-            if tool:
-                msg["tool_calls"] = [tool]
-            self.send(200, {"id": rid, "object": "chat.completion", "created": created, "model": eng.served,
-                            "choices": [{"index": 0, "message": msg,
-                                         "finish_reason": "tool_calls" if tool else "stop"}],
-                            "usage": usage})
-    return H
+        chunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool else
+                                    ("length" if len(words) < 12 else "stop")}]})
+        chunk("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def do_GET(self):
+        if self.path in ("/health", "/ping"):
+            return self.send(200, b"", "text/plain")
+        if self.path == "/version":
+            return self.send(200, {"version": __version__})
+        if not self.authorized():
+            return
+        if self.path == "/v1/models":
+            return self.send(200, {"object": "list", "data": [{"id": self.eng.served, "object": "model",
+                                   "owned_by": "vllm", "root": self.eng.model,
+                                   "max_model_len": int(self.eng.a.max_model_len or 4096)}]})
+        self.send(404, {"detail": "Not Found"})
+
+    def do_POST(self):
+        if self.path == "/ping":
+            return self.send(200, b"", "text/plain")
+        if not self.authorized():
+            return
+        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            req = json.loads(self.rfile.read(n) or b"{}")
+        except ValueError:
+            return self.send(400, {"error": "invalid JSON"})
+        if self.path != "/v1/chat/completions":
+            return self.send(404, {"detail": "Not Found"})
+        if req.get("model") not in (self.eng.served, self.eng.model):
+            return self.send(404, {"error": {"message": "The model `%s` does not exist." % req.get("model"),
+                                             "type": "NotFoundError", "code": 404}})
+        last = (req.get("messages") or [{}])[-1].get("content") or ""
+        if isinstance(last, list):
+            last = " ".join(x.get("text", "") for x in last if isinstance(x, dict))
+        words = ("Hello from the gpuprov stand-in engine (no GPU here): you said " + last).split()
+        words = words[: max(1, int(req.get("max_tokens") or req.get("max_completion_tokens") or 64))]
+        rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        tool = None
+        if req.get("tools") and req.get("tool_choice") != "none":
+            fn = req["tools"][0]["function"]
+            tool = {"id": "call_" + uuid.uuid4().hex[:8], "type": "function",
+                    "function": {"name": fn["name"], "arguments": json.dumps({"stand_in": True})}}
+        usage = {"prompt_tokens": len(str(req.get("messages")).split()), "completion_tokens": len(words),
+                 "total_tokens": len(str(req.get("messages")).split()) + len(words)}
+        if req.get("stream"):
+            return self.stream({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                "model": self.eng.served}, words, tool)
+        msg = {"role": "assistant", "content": None if tool else " ".join(words)}
+        if tool:
+            msg["tool_calls"] = [tool]
+        self.send(200, {"id": rid, "object": "chat.completion", "created": created, "model": self.eng.served,
+                        "choices": [{"index": 0, "message": msg,
+                                     "finish_reason": "tool_calls" if tool else "stop"}],
+                        "usage": usage})
+
+
+def make_handler(eng):
+    return type("H", (Handler,), {"eng": eng})
 
 
 def serve(argv):

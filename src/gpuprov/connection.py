@@ -28,7 +28,7 @@ import paramiko
 
 from . import settings
 from .errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown, RemoteError, RemoteTimeout
-from .inventory import Host
+from .inventory import Host, parse_adhoc
 
 log = logging.getLogger("gpuprov.connection")
 # paramiko's transport thread logs its own errors (with a traceback) on the "paramiko" logger; without a handler
@@ -374,8 +374,6 @@ class SSHRunner(Runner):
         return self
 
     def _open_jump(self, jump: str, address: str, port: int):  # noqa: ANN202
-        from .inventory import parse_adhoc
-
         jh = parse_adhoc(jump.split(",")[0])
         gw = SSHRunner(jh, self.known_hosts, self.connect_timeout).connect()
         self._gateway = gw._client

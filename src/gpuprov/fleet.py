@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import GpuprovError
+from .errors import GpuprovError, UsageError
 from .inventory import Host
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_BUSY = 0, 1, 2, 3, 4
@@ -77,8 +77,6 @@ def parallel() -> int:
     if not raw:
         return DEFAULT_PARALLEL
     if not raw.isdigit() or int(raw) < 1:
-        from .errors import UsageError
-
         raise UsageError(f"GPUPROV_PARALLEL must be a whole number >= 1, got {raw!r}")
     return int(raw)
 

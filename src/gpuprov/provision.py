@@ -7,25 +7,29 @@ from the plan, the facts and the host's vars, and runs the play with the executo
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import remote, settings
+from . import health, remote, settings
 from .connection import known_hosts, open_runner
 from .errors import ModelUnavailable, RemoteError, UsageError
 from .executor import HostRecap, HostRun, RunOptions, apply_one, service_op, template_dirs
 from .facts import Facts
 from .fleet import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, for_each_host
+from .hostlock import HostLock
 from .hub import local_model_dir, resolve_model
 from .inventory import Host
 from .layout import HostLayout
 from .plan import Plan, engine_vars, make_plan
 from .playbook import Templar, load_playbook
+from .probe import run_probe
 from .secrets import Secret, new_api_key, write_private
 
 BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
@@ -159,8 +163,6 @@ def playbook_path() -> Path:
 def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool = False, verify: bool = True,
                    on_event: Callable | None = None, on_progress: Callable[[str, str], None] | None = None,
                    ready_timeout: float = 1800) -> ProvisionResult:
-    from .probe import run_probe
-
     facts = run_probe(runner, check_sftp=False)
     plan = plan_for(host, facts)
     if not plan.ok:
@@ -169,14 +171,8 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
     if refusal:
         return ProvisionResult(host.name, plan, refused=refusal)
     gp = gp_vars(host, facts, plan)
-    import getpass
-    import os as _os
-    import socket as _socket
-
-    from .hostlock import HostLock
-
     lay = HostLayout(plan.install_root)
-    owner = f"provision by {getpass.getuser()}@{_socket.gethostname()} pid {_os.getpid()}"
+    owner = f"provision by {getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
     work_lock = lay.work_lock if facts.tools.get("flock") else None
     with HostLock(runner, lay.lock, owner, wait=float(host.var("lock_wait", 0) or 0), work_lock=work_lock):
         return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,
@@ -185,8 +181,6 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
 
 def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,  # noqa: ANN001, ANN202
                 work_lock=None):
-    from .health import wait_ready
-
     path = playbook_path()
     plays = load_playbook(path)
     templar = Templar(template_dirs(path))
@@ -201,7 +195,7 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
     if check or not verify or recap.failed or recap.unreachable:
         return result
     def wait() -> Any:
-        return wait_ready(
+        return health.wait_ready(
             runner, manager=plan.service_manager, unit=gp["service"], log=gp["log"], pidfile=gp["pidfile"],
             port=plan.engine_port, env_file=gp["env_file"], model=plan.model, timeout=ready_timeout,
             on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)

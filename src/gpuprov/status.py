@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import remote
+from .errors import RemoteError
 from .layout import search_roots
 
 # Shared by the remote status script and the readiness poll (health.py): how gpuprov's supervisor and the
@@ -39,8 +40,6 @@ class EngineStatus:
 
 def read_status(runner: Any) -> tuple[EngineStatus, dict]:
     """The engine's state on ``runner``'s host (its ``install_root`` var is searched first)."""
-    from .errors import RemoteError
-
     roots = search_roots(runner.host.var("install_root") if hasattr(runner.host, "var") else None)
     res = remote.run(runner, "status", *roots, timeout=60)
     try:

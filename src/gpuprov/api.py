@@ -104,7 +104,6 @@ def forget_host(host: Host) -> bool:
 def play(playbook: str | Path, hosts: Sequence[Host], check: bool = False, diff: bool = False,
          tags: Sequence[str] = (), on_event=None, strict: bool = False):  # noqa: ANN001, ANN201
     """Run a playbook's plays on ``hosts`` (each play on the selected hosts it matches)."""
-
     path = Path(playbook)
     plays = load_playbook(path)
     templar = Templar(template_dirs(path))
@@ -136,15 +135,14 @@ def engine_ready(host: Host, port: int) -> str | None:
 
 def open_tunnel(host: Host, local_port: int | None = None, remote_port: int | None = None, next_free: bool = False,
                 transport: str = "auto", check_ready: bool = True):  # noqa: ANN201
-
-    remote = int(remote_port or host.var("engine_port", 8000))
+    engine_port = int(remote_port or host.var("engine_port", 8000))
     if check_ready:
-        why = engine_ready(host, remote)
+        why = engine_ready(host, engine_port)
         if why:
-            raise UsageError(f"{host.name}: the engine on port {remote} is not ready ({why}); "
+            raise UsageError(f"{host.name}: the engine on port {engine_port} is not ready ({why}); "
                              f"run `invoke provision --host {host.name}` or `invoke status --host {host.name}`")
-    port = pick_port(int(local_port or remote), next_free)
-    return Tunnel(host, port, remote, settings.known_hosts_file(), transport).start()
+    port = pick_port(int(local_port or engine_port), next_free)
+    return Tunnel(host, port, engine_port, settings.known_hosts_file(), transport).start()
 
 
 def api_key_path(host: Host) -> Path | None:
@@ -156,7 +154,6 @@ def api_key_path(host: Host) -> Path | None:
 
 
 def status(hosts: Sequence[Host]) -> list[HostOutcome]:
-
     def one(h: Host):  # noqa: ANN202
         r = open_runner(h, known_hosts())
         try:
@@ -214,7 +211,6 @@ def logs_argv(state: dict, lines: int, follow: bool) -> list[str]:
 
 def stream_logs(host: Host, lines: int, follow: bool, write) -> None:  # noqa: ANN001
     """Print the engine's log (journal or supervisor log); with follow, until interrupted."""
-
     r = open_runner(host, known_hosts())
     try:
         st, raw = read_status(r)
@@ -239,7 +235,6 @@ def stream_logs(host: Host, lines: int, follow: bool, write) -> None:  # noqa: A
 
 
 def teardown(hosts: Sequence[Host], purge: bool = False, on_event=None) -> list[HostOutcome]:  # noqa: ANN001
-
     path = settings.project_file("playbooks/teardown.yml")
     play_ = load_playbook(path)[0]
 

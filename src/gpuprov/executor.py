@@ -95,6 +95,11 @@ class RunOptions:
     on_progress: Callable[[str, str], None] | None = None
 
 
+def under_work_lock(argv: Sequence[str], work_lock: str | None) -> tuple[str, ...]:
+    """An applied command, holding the shared work lock when there is one (see gpuprov.hostlock)."""
+    return ("flock", "-s", "-o", work_lock, *argv) if work_lock else tuple(argv)
+
+
 def gather(runner: Any, queries: list[dict]) -> list[dict]:
     if not queries:
         return []
@@ -301,10 +306,7 @@ class HostRun:
         outputs = []
         failed_msg = None
         for cmd in decision.commands:
-            argv = cmd.argv
-            if self.work_lock:
-                argv = ("flock", "-s", "-o", self.work_lock, *argv)
-            res = self.runner.run(argv, stdin=cmd.stdin, timeout=cmd.timeout)
+            res = self.runner.run(under_work_lock(cmd.argv, self.work_lock), stdin=cmd.stdin, timeout=cmd.timeout)
             outputs.append(res)
             if res.exit_status != 0 and t.failed_when is None:
                 tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
@@ -394,10 +396,7 @@ def apply_one(runner: Any, op: Op, work_lock: str | None = None) -> bool:
     if isinstance(decision, NoOp):
         return False
     for cmd in decision.commands:
-        argv = tuple(cmd.argv)
-        if work_lock:
-            argv = ("flock", "-s", "-o", work_lock, *argv)
-        runner.run(argv, stdin=cmd.stdin, timeout=cmd.timeout).check()
+        runner.run(under_work_lock(cmd.argv, work_lock), stdin=cmd.stdin, timeout=cmd.timeout).check()
     return True
 
 

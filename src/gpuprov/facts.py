@@ -10,7 +10,7 @@ import csv
 import io
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -155,18 +155,20 @@ def _json_kind(v: Any) -> str:
     return names.get(type(v), type(v).__name__) + (f" {v!r}" if isinstance(v, (str, int, float)) else "")
 
 
+_VALID: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "map": lambda v: isinstance(v, Mapping),
+    "cc": lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    and re.fullmatch(r"\d+(\.\d+)?", str(v).strip()) is not None,
+    "any": lambda v: True,
+}
+
+
 def _check(name: str, v: Any, kind: str) -> Any:
-    ok = {
-        "str": isinstance(v, str),
-        "bool": isinstance(v, bool),
-        "strs": isinstance(v, list) and all(isinstance(x, str) for x in v),
-        "count": isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "map": isinstance(v, Mapping),
-        "cc": isinstance(v, (str, int, float)) and not isinstance(v, bool)
-        and re.fullmatch(r"\d+(\.\d+)?", str(v).strip()) is not None,
-        "any": True,
-    }[kind]
-    if not ok:
+    if not _VALID[kind](v):
         raise ValueError(f"{name} must be {_EXPECTED[kind]}, got {_json_kind(v)}")
     if kind == "strs":
         return tuple(v)

@@ -40,7 +40,7 @@ class EngineStatus:
 
 def read_status(runner: Any) -> tuple[EngineStatus, dict]:
     """The engine's state on ``runner``'s host (its ``install_root`` var is searched first)."""
-    roots = search_roots(runner.host.var("install_root") if hasattr(runner.host, "var") else None)
+    roots = search_roots(runner.host.var("install_root"))
     res = remote.run(runner, "status", *roots, timeout=60)
     try:
         raw = json.loads(res.stdout)

@@ -337,13 +337,13 @@ def test_background_tunnel_and_stop(plain):
     from openai import OpenAI
 
     sim, _ = plain
-    p = sim.cli("tunnel", "--host", "pv1", "--background", "--local-port", "18300", "--next-free")
-    assert p.returncode == 0 and "background" in p.stdout, p.stdout + p.stderr
-    url = p.stdout.split("OPENAI_BASE_URL=", 1)[1].split()[0]
-    assert url.startswith("http://127.0.0.1:18") and url.endswith("/v1")
     pidf = os.path.join(sim.env["GPUPROV_HOME"], "tunnels", "pv1.pid")
-    pid = int(open(pidf).read())
-    try:
+    p = sim.cli("tunnel", "--host", "pv1", "--background", "--local-port", "18300", "--next-free")
+    try:  # whatever fails below, the background tunnel this test started is stopped
+        assert p.returncode == 0 and "background" in p.stdout, p.stdout + p.stderr
+        url = p.stdout.split("OPENAI_BASE_URL=", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:18") and url.endswith("/v1")
+        pid = int(open(pidf).read())
         # the command returned only once the tunnel answered: the very first request goes through
         client = OpenAI(base_url=url, api_key="x", timeout=10, max_retries=0)
         assert client.models.list().data[0].id == "openai/gpt-oss-20b"

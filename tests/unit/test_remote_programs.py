@@ -42,8 +42,8 @@ def test_the_stand_in_engine_is_python_38_with_no_undefined_name(tmp_path):
     """The lab's stand-in vllm package runs on sim hosts too: the same checks, once its placeholders are filled."""
     from gpuprov.sim import standin_vllm
 
-    src = standin_vllm.source().replace(standin_vllm.VERSION_PLACEHOLDER, "0.32.0").replace(
-        standin_vllm.FLAGS_PLACEHOLDER, repr({"--port": True}))
+    src = standin_vllm.render("0.32.0", {"--port": {"takes_value": True}}, strict=False)
+    assert "__" + "STRICT__" not in src and "__" + "FLAGS__" not in src
     ast.parse(src, feature_version=(3, 8))
     f = tmp_path / "vllm_init.py"
     f.write_text(src)

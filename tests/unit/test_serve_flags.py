@@ -1,6 +1,7 @@
-"""`vllm serve` flags: parsing the real parser's help, gpuprov's flag table against vLLM 0.32.0's recorded parser
-(recorded from the real engine in the lab; tests/lab/test_real_engine.py re-checks the recording against the live
-parser), the planner's refusal of flags a recorded version does not have, and the stand-in accepting exactly them."""
+"""`vllm serve` flags: parsing the real parser's help, the recorded tables (data/serve_flags, from each release's
+own parser by scripts/record_serve_flags.py; tests/lab/test_real_engine.py re-checks 0.32.0 against the live
+parser), and the stand-in accepting exactly them. The planner's verdicts on flags are plan cases
+(tests/fixtures/plans/flags.yml)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from gpuprov.errors import UsageError
 from gpuprov.models import lookup
-from gpuprov.plan import flag_table, make_plan, parse_serve_help, recorded_serve_flags
+from gpuprov.compat import matrix, vtuple
+from gpuprov.plan import known_serve_flags, make_plan, parse_serve_help, recorded_serve_flags, recorded_versions
 from gpuprov.sim.standin_vllm import build_wheel
 
 from .test_fit_and_vars import H100, host
@@ -40,26 +42,34 @@ def test_parse_serve_help():
     }
 
 
-def test_gpuprov_flag_table_agrees_with_the_recorded_0_32_0_parser():
-    real = recorded_serve_flags("0.32.0")
-    assert real is not None and len(real) > 300
-    for flag, info in flag_table()["flags"].items():
-        assert flag in real, f"gpuprov knows {flag}; vLLM 0.32.0 does not"
-        assert real[flag] == info.get("takes_value", True), f"{flag}: value vs switch differs"
-    for flag in flag_table()["removed"]:
-        assert flag not in real, f"{flag} is listed as removed, but vLLM 0.32.0 accepts it"
+def test_every_version_the_planner_picks_by_default_has_a_recorded_table():
+    """Default picks: the newest release (R580+) and the newest with a CUDA 12 variant (R525–R570)."""
+    rels = matrix()["vllm"]
+    defaults = {rels[0]["version"], next(r["version"] for r in rels if any(v["cuda"].startswith("12")
+                                                                          for v in r["variants"].values()))}
+    assert defaults <= set(recorded_versions()), defaults
+    assert list(recorded_versions()) == sorted(recorded_versions(), key=vtuple)
+    for v in recorded_versions():
+        table = recorded_serve_flags(v)
+        assert table is not None and len(table) > 300 and "--max-model-len" in table and table["--max-model-len"]
     assert recorded_serve_flags("0.31.9") is None
 
 
-def test_planner_refuses_a_flag_the_recorded_version_lacks_and_names_the_close_one():
+def test_0_33_0_renamed_the_negative_switches():
+    old, new = recorded_serve_flags("0.32.0"), recorded_serve_flags("0.33.0")
+    assert "--no-enable-prefix-caching" in old and "--no-enable-prefix-caching" not in new
+    assert "--disable-prefix-caching" in new and "--disable-prefix-caching" not in old
+    assert set(known_serve_flags()) == set(old) | set(new)
+
+
+def test_a_version_without_a_table_plans_with_a_warning_naming_it():
     spec = lookup("openai/gpt-oss-20b")
-    with pytest.raises(UsageError, match=r"vLLM 0.32.0's `vllm serve` has no --max-model-length — did you mean "
-                                         r"--max-model-len\?"):
-        make_plan(H100, host(vllm_version="0.32.0", extra_serve_args=["--max-model-length", "4096"]), spec)
-    p = make_plan(H100, host(vllm_version="0.32.0", extra_serve_args=["--kv-cache-memory-bytes", "1G"]), spec)
-    assert p.ok and not any("flag table" in w for w in p.warnings)  # known to the recorded parser: no warning
-    p = make_plan(H100, host(extra_serve_args=["--max-model-length", "4096"]), spec)  # 0.33.0: nothing recorded
-    assert p.vllm_version != "0.32.0" and any("--max-model-length" in w for w in p.warnings)
+    p = make_plan(H100, host(vllm_version="0.31.0"), spec)
+    assert p.ok and any(w.startswith("vLLM 0.31.0: gpuprov has no recorded `vllm serve` flag table") for w in p.warnings)
+    p = make_plan(H100, host(vllm_version="0.31.0", extra_serve_args=["--max-model-length", "4096"]), spec)
+    assert any("--max-model-length" in w and "did you mean --max-model-len?" in w for w in p.warnings), p.warnings
+    p = make_plan(H100, host(vllm_version="0.32.0"), spec)
+    assert p.ok and not any("flag table" in w for w in p.warnings)
 
 
 def test_standin_0_32_0_accepts_exactly_the_recorded_flags(tmp_path):

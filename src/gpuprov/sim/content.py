@@ -17,7 +17,7 @@ import yaml
 from ..compat import matrix
 from ..errors import LabError
 from ..models import catalog
-from ..plan import flag_table, recorded_serve_flags
+from ..plan import known_serve_flags, recorded_serve_flags
 from .cache import WHEEL_CACHE
 from .standin_vllm import build_wheel
 
@@ -47,12 +47,13 @@ def build_index(root: Path) -> None:
     for w in third_party_wheels():
         if not (wheels / w.name).exists():
             shutil.copy(w, wheels / w.name)
-    table = flag_table()["flags"]
     for rel in matrix()["vllm"]:
-        # a version whose real parser gpuprov recorded accepts exactly its flags; the others, gpuprov's table
+        # a version whose real parser gpuprov recorded accepts exactly its flags; the others know every recorded
+        # flag and ignore the rest with a warning (nobody recorded what their parser would say)
         recorded = recorded_serve_flags(rel["version"])
-        flags = {f: {"takes_value": v} for f, v in recorded.items()} if recorded else table
-        build_wheel(rel["version"], flags, str(wheels))
+        flags = recorded if recorded is not None else known_serve_flags()
+        build_wheel(rel["version"], {f: {"takes_value": v} for f, v in flags.items()}, str(wheels),
+                    strict=recorded is not None)
 
 
 def model_config(spec) -> dict:  # noqa: ANN001

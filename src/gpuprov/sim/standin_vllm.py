@@ -14,6 +14,7 @@ Behaviour knobs, read from the environment (the lab puts them in the engine's en
 """
 
 FLAGS_PLACEHOLDER = "__FLAGS__"
+STRICT_PLACEHOLDER = "__STRICT__"
 VERSION_PLACEHOLDER = "__VERSION__"
 
 
@@ -25,13 +26,20 @@ def source() -> str:
 
 
 
-def build_wheel(version: str, flags: dict, out_dir: str) -> str:
-    """A pure-Python wheel named ``vllm`` for ``version`` (the stand-in), written without any build backend."""
+def render(version: str, flags: dict, strict: bool = True) -> str:
+    """The stand-in's ``vllm/__init__.py`` for ``version`` accepting ``flags``."""
+    return (source().replace(VERSION_PLACEHOLDER, version).replace(FLAGS_PLACEHOLDER, repr(flags))
+            .replace(STRICT_PLACEHOLDER, repr(strict)))
+
+
+def build_wheel(version: str, flags: dict, out_dir: str, strict: bool = True) -> str:
+    """A pure-Python wheel named ``vllm`` for ``version`` (the stand-in), written without any build backend;
+    ``strict``: unknown flags are refused (a recorded parser) rather than ignored with a warning."""
     from pathlib import Path
 
     from .wheels import write_wheel
 
-    src = source().replace(VERSION_PLACEHOLDER, version).replace(FLAGS_PLACEHOLDER, repr(flags))
+    src = render(version, flags, strict)
     dist = f"vllm-{version}.dist-info"
     files = {
         "vllm/__init__.py": src,

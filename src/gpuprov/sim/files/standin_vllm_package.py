@@ -11,6 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __version__ = "__VERSION__"
 FLAGS = __FLAGS__
+#: False for a version whose parser gpuprov never recorded: unknown flags are then ignored with a warning (the
+#: real parser's verdict is unknown), where a recorded version refuses them as vLLM does
+STRICT = __STRICT__
 
 
 def log(msg, who="APIServer"):
@@ -156,8 +159,17 @@ def make_handler(eng):
     return type("H", (Handler,), {"eng": eng})
 
 
+def parse(argv):
+    if STRICT:
+        return parser().parse_args(argv)
+    a, unknown = parser().parse_known_args(argv)
+    if unknown:
+        log("WARNING stand-in for vLLM %s (no recorded parser): ignoring %s" % (__version__, " ".join(unknown)))
+    return a
+
+
 def serve(argv):
-    a = parser().parse_args(argv)
+    a = parse(argv)
     eng = Engine(a)
     if not eng.model:
         sys.stderr.write("vllm serve: error: the model is required\n")

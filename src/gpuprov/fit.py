@@ -55,29 +55,32 @@ class Sizing:
     kv_bytes_per_token: int
     sliding_overhead_gib: float
     max_len_that_fits: int  # may be < 0 when the weights do not fit
+    pipeline_parallel_size: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
 def size(model: ModelSpec, gpu_mib: int, gpu_name: str, tp: int, util: float, seqs: int, batched: int,
-         kv_cache_dtype: str = "auto", enforce_eager: bool = False) -> Sizing:
+         kv_cache_dtype: str = "auto", enforce_eager: bool = False, pp: int = 1) -> Sizing:
+    """One GPU's budget at tensor parallel ``tp`` × pipeline parallel ``pp`` (each pipeline stage holds 1/pp of
+    the layers: of the weights and of the KV cache)."""
     gpu_gib = gpu_mib / 1024
     kv_bytes = KV_DTYPE_BYTES.get(kv_cache_dtype, 2)
-    weights = model.weight_gib / tp
+    weights = model.weight_gib / (tp * pp)
     act = batched * model.hidden_size * 2 * ACT_FACTOR[model.moe] / GIB / tp
     sampler = seqs * model.vocab_size * 8 / GIB
     overhead = RESERVE_GIB + act + sampler + (0 if enforce_eager else CUDA_GRAPHS_GIB)
     kv_avail = gpu_gib * util - weights - overhead
-    per_token = model.kv_bytes_per_token(kv_bytes, tp)
+    per_token = -(-model.kv_bytes_per_token(kv_bytes, tp) // pp)
     sw = 0.0
     if model.layers_sliding and model.sliding_window:
         heads = max(1, -(-model.num_key_value_heads // tp))
         per_layer = 2 * heads * model.head_dim * kv_bytes
-        sw = model.layers_sliding * per_layer * (model.sliding_window - 1 + batched) / GIB
+        sw = -(-model.layers_sliding // pp) * per_layer * (model.sliding_window - 1 + batched) / GIB
     max_len = floor((kv_avail - sw) * GIB / per_token) if per_token else 0
     return Sizing(tp, util, seqs, batched, kv_cache_dtype, round(gpu_gib, 2), round(weights, 2), round(overhead, 2),
-                  round(kv_avail, 2), per_token, round(sw, 3), max_len)
+                  round(kv_avail, 2), per_token, round(sw, 3), max_len, pp)
 
 
 def tp_candidates(model: ModelSpec, n_gpus: int) -> list[int]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from importlib import resources
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
@@ -33,7 +33,7 @@ from .fit import (
 )
 from .inventory import Host
 from .layout import ROOTS, HostLayout
-from .models import ModelSpec
+from .models import ModelSpec, catalog
 from .secrets import Secret
 
 
@@ -98,6 +98,9 @@ class Plan:
     python_managed: bool = False
     download_kernels: bool = False
     tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    #: replicas of the (tensor × pipeline parallel) engine on this host, behind vLLM's own API server
+    data_parallel_size: int | None = None
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
@@ -144,6 +147,8 @@ class EngineVars:
     max_num_seqs: int | None
     max_num_batched_tokens: int | None
     tensor_parallel_size: int | None
+    data_parallel_size: int | None
+    pipeline_parallel_size: int | None
     kv_cache_dtype: str
     vllm_version: str | None
     engine_host: str
@@ -265,6 +270,8 @@ def engine_vars(host: Host) -> EngineVars:
         max_num_seqs=V.int("max_num_seqs", 1, 65536),
         max_num_batched_tokens=V.int("max_num_batched_tokens", 1, 1_048_576),
         tensor_parallel_size=V.int("tensor_parallel_size", 1, 64),
+        data_parallel_size=V.int("data_parallel_size", 1, 64),
+        pipeline_parallel_size=V.int("pipeline_parallel_size", 1, 64),
         kv_cache_dtype=kv or "auto",
         vllm_version=V.version("vllm_version"),
         engine_host=V.text("engine_host", "127.0.0.1") or "127.0.0.1",
@@ -305,12 +312,14 @@ def _devices(facts: Facts, ev: EngineVars) -> tuple[list[GPU], list[str]]:
 
 
 def _choose_sizing(model: ModelSpec, gpus: list[GPU], ev: EngineVars) -> tuple[Sizing | None, list[Sizing], str]:
-    """Fewest GPUs, then the least aggressive settings, that reach the target context."""
+    """vLLM's own batch defaults if at all possible, then the fewest GPUs per replica, then the least aggressive
+    utilisation, that reach the target context."""
     mem = min(g.memory_total_mib or 0 for g in gpus)
     name = gpus[0].name
     seqs0, batched0 = batch_defaults(mem / 1024, name)
     target = ev.max_model_len or model.max_position_embeddings
-    tps = [ev.tensor_parallel_size] if ev.tensor_parallel_size else tp_candidates(model, len(gpus))
+    pp = ev.pipeline_parallel_size or 1
+    tps = [ev.tensor_parallel_size] if ev.tensor_parallel_size else tp_candidates(model, len(gpus) // pp)
     utils = [ev.gpu_memory_utilization] if ev.gpu_memory_utilization else [DEFAULT_UTIL, MAX_AUTO_UTIL]
     batches = [(ev.max_num_seqs or seqs0, ev.max_num_batched_tokens or batched0)]
     if not (ev.max_num_seqs or ev.max_num_batched_tokens):
@@ -318,10 +327,10 @@ def _choose_sizing(model: ModelSpec, gpus: list[GPU], ev: EngineVars) -> tuple[S
             if (s, b) != batches[0] and s <= batches[0][0]:
                 batches.append((s, b))
     tried: list[Sizing] = []
-    for tp in tps:
-        for util in utils:
-            for seqs, batched in batches:
-                cand = size(model, mem, name, tp, util, seqs, batched, ev.kv_cache_dtype, ev.enforce_eager)
+    for seqs, batched in batches:
+        for tp in tps:
+            for util in utils:
+                cand = size(model, mem, name, tp, util, seqs, batched, ev.kv_cache_dtype, ev.enforce_eager, pp)
                 tried.append(cand)
                 if cand.max_len_that_fits >= target:
                     return cand, tried, "target"
@@ -330,6 +339,44 @@ def _choose_sizing(model: ModelSpec, gpus: list[GPU], ev: EngineVars) -> tuple[S
     if best and best.max_len_that_fits >= MIN_CONTEXT and not ev.max_model_len:
         return best, tried, "best"
     return None, tried, "none"
+
+
+def _data_parallel(model: ModelSpec, ev: EngineVars, s: Sizing, n_gpus: int) -> tuple[int, list[str], list[str]]:
+    """Replicas for the GPUs one engine leaves free (vLLM's ``--data-parallel-size``: one API server in front,
+    requests balanced between the replicas); with the reason, and a warning for GPUs that stay idle."""
+    per = s.tensor_parallel_size * s.pipeline_parallel_size
+    dp = ev.data_parallel_size or max(1, n_gpus // per)
+    why, warnings = [], []
+    if ev.data_parallel_size:
+        why.append(f"data_parallel_size {dp}: as requested")
+    elif dp > 1:
+        why.append(f"data_parallel_size {dp}: {dp} replicas of tensor parallel {s.tensor_parallel_size} use all "
+                   f"{dp * per} GPUs (one endpoint, requests balanced between them; data_parallel_size: 1 leaves "
+                   f"{n_gpus - per} free)")
+    idle = n_gpus - dp * per
+    if idle and not ev.data_parallel_size:
+        warnings.append(f"{idle} of the {n_gpus} GPUs stay idle: replicas of {per} GPU(s) do not divide them "
+                        f"({model.name} has {model.num_attention_heads} attention heads; tensor parallel sizes that "
+                        f"divide them: {', '.join(map(str, tp_candidates(model, 64)))}); gpu_indices picks the GPUs")
+    return dp, why, warnings
+
+
+def _overridden_defaults(ev: EngineVars, s: Sizing, gpus: list[GPU], max_len: int, model: ModelSpec) -> list[str]:
+    """Every vLLM default the planner changed on its own, with the value vLLM would have used and why."""
+    out = []
+    seqs0, batched0 = batch_defaults(min(g.memory_total_mib or 0 for g in gpus) / 1024, gpus[0].name)
+    if not (ev.max_num_seqs or ev.max_num_batched_tokens) and (s.max_num_seqs, s.max_num_batched_tokens) != \
+            (seqs0, batched0):
+        out.append(f"max_num_seqs {s.max_num_seqs} and max_num_batched_tokens {s.max_num_batched_tokens} instead of "
+                   f"vLLM's {seqs0} and {batched0} on {gpus[0].name}: with those, the activation peak leaves the KV "
+                   f"cache too small for {max_len} tokens; set them (and a shorter max_model_len) to choose otherwise")
+    if not ev.gpu_memory_utilization and s.gpu_memory_utilization != DEFAULT_UTIL:
+        out.append(f"gpu_memory_utilization {s.gpu_memory_utilization:g} instead of vLLM's {DEFAULT_UTIL:g}: "
+                   f"needed for {max_len} tokens of KV cache; leave less room for other processes on these GPUs")
+    if not ev.max_model_len and max_len < model.max_position_embeddings:
+        out.append(f"max_model_len {max_len} instead of vLLM's {model.max_position_embeddings} (the model's "
+                   "maximum): vLLM would refuse to start, as the full context does not fit the KV cache")
+    return out
 
 
 # --------------------------------------------------------------------------- flags
@@ -397,8 +444,8 @@ def _flags_warning(version: str) -> list[str]:
             "scripts/record_serve_flags.py records one"]
 
 
-def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int, build: Build, cc: str | None,
-                hf_home: str) -> tuple[list[str], str | None, list[str]]:
+def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, dp: int, max_len: int, build: Build,
+                cc: str | None) -> tuple[list[str], str | None, list[str]]:
     warnings: list[str] = []
     args = [ev.model, "--host", ev.engine_host, "--port", str(ev.engine_port),
             "--served-model-name", ev.served_model_name or ev.model,
@@ -408,6 +455,10 @@ def _serve_args(model: ModelSpec | None, ev: EngineVars, s: Sizing, max_len: int
             "--max-num-batched-tokens", str(s.max_num_batched_tokens)]
     if s.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(s.pipeline_parallel_size)]
+    if dp > 1:
+        args += ["--data-parallel-size", str(dp)]
     if ev.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", ev.kv_cache_dtype]
     if ev.enforce_eager:
@@ -473,8 +524,10 @@ def _sizing_why(model: ModelSpec, ev: EngineVars, sizing: Any, how: str, max_len
     else:
         why.append(f"max_model_len {max_len}: " + ("as requested" if ev.max_model_len else "the model's maximum")
                    + f", fits in {sizing.kv_available_gib:g} GiB of KV cache per GPU")
-    why.append(f"tensor_parallel_size {sizing.tensor_parallel_size}: fewest of the {n_gpus} GPU(s) that fit "
-               f"(weights {model.weight_gib:g} GiB → {sizing.weights_gib:g} GiB per GPU)")
+    pp = f" × pipeline parallel {sizing.pipeline_parallel_size}" if sizing.pipeline_parallel_size > 1 else ""
+    why.append(f"tensor_parallel_size {sizing.tensor_parallel_size}{pp}: " +
+               ("as requested" if ev.tensor_parallel_size else f"fewest of the {n_gpus} GPU(s) that fit") +
+               f" (weights {model.weight_gib:g} GiB → {sizing.weights_gib:g} GiB per GPU)")
     why.append(f"gpu_memory_utilization {sizing.gpu_memory_utilization:g}, max_num_seqs {sizing.max_num_seqs}, "
                f"max_num_batched_tokens {sizing.max_num_batched_tokens}")
     return why
@@ -487,28 +540,35 @@ def _busy_gpus(gpus: list[GPU]) -> list[str]:
             and g.memory_free_mib < 0.5 * g.memory_total_mib]
 
 
+def _min_cc(gpus: list[GPU]) -> str | None:
+    return min((g.compute_capability for g in gpus if g.compute_capability), key=vtuple, default=None)
+
+
 def _check_tensor_parallel(ev: EngineVars, model: ModelSpec, gpus: list[GPU], host: str) -> None:
     if ev.tensor_parallel_size and ev.tensor_parallel_size > len(gpus):
         raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} > the {len(gpus)} GPU(s) on {host}")
+    asked = [(n, v) for n, v in (("tensor_parallel_size", ev.tensor_parallel_size),
+                                 ("pipeline_parallel_size", ev.pipeline_parallel_size),
+                                 ("data_parallel_size", ev.data_parallel_size)) if v]
+    world = 1
+    for _, v in asked:
+        world *= v
+    if world > len(gpus):
+        raise UsageError(f"{' × '.join(f'{n} {v}' for n, v in asked)} needs {world} GPUs; {host} has {len(gpus)}")
     if ev.tensor_parallel_size and model.num_attention_heads % ev.tensor_parallel_size:
         raise UsageError(f"tensor_parallel_size {ev.tensor_parallel_size} does not divide {model.name}'s "
                          f"{model.num_attention_heads} attention heads")
 
 
-def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any) -> tuple[str, tuple[str, ...]]:
-    """Why nothing fits (the best sizing tried), and what would."""
+def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any,
+                  cc: str | None) -> tuple[str, tuple[str, ...]]:
+    """Why nothing fits (the best sizing tried), and ways out computed with the same arithmetic."""
     fits = round_len(best.max_len_that_fits)
+    target = ev.max_model_len or MIN_CONTEXT
     ways = []
     if fits >= MIN_CONTEXT:
         ways.append(f"max_model_len={fits} (the longest that fits here)")
-    more = next((t for t in (2, 4, 8) if t > len(gpus) and model.num_attention_heads % t == 0), None)
-    if more:
-        ways.append(f"a host with {more}+ GPUs like these (tensor parallelism splits weights and KV cache)")
-    if ev.kv_cache_dtype == "auto":
-        fp8 = size(model, best.gpu_gib * 1024, gpus[0].name, best.tensor_parallel_size,
-                   best.gpu_memory_utilization, best.max_num_seqs, best.max_num_batched_tokens, "fp8")
-        if fp8.max_len_that_fits > best.max_len_that_fits:
-            ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fp8.max_len_that_fits)} tokens)")
+    ways += _ways_out(model, gpus, ev, best, target, cc)
     ways.append("a GPU with more memory")
     if best.max_len_that_fits < 0 or fits < MIN_CONTEXT:
         reason = (f"{model.name} does not fit: {model.weight_gib:g} GiB of weights "
@@ -519,6 +579,39 @@ def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any) 
         reason = (f"max_model_len {ev.max_model_len} does not fit: the KV cache holds at most {fits} tokens on "
                   f"{best.tensor_parallel_size} × {gpus[0].name}")
     return reason, tuple(ways)
+
+
+def _ways_out(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any, target: int,
+              cc: str | None) -> list[str]:
+    """Changes that would make ``target`` tokens fit, each checked with ``size``: a higher utilisation, an fp8 KV
+    cache, more GPUs of this kind, a smaller model from the catalog."""
+    mib, name = int(best.gpu_gib * 1024), gpus[0].name
+
+    def fit(m: ModelSpec = model, tp: int = best.tensor_parallel_size, util: float = best.gpu_memory_utilization,
+            kv: str = ev.kv_cache_dtype) -> int:
+        return size(m, mib, name, tp, util, best.max_num_seqs, best.max_num_batched_tokens, kv, ev.enforce_eager,
+                    best.pipeline_parallel_size).max_len_that_fits
+
+    ways = []
+    if best.gpu_memory_utilization < MAX_AUTO_UTIL:
+        steps = [u / 100 for u in range(int(best.gpu_memory_utilization * 100) + 1, int(MAX_AUTO_UTIL * 100) + 1)]
+        for want in dict.fromkeys((ev.max_model_len or model.max_position_embeddings, target)):
+            util = next((u for u in steps if fit(util=u) >= want), None)
+            if util:
+                ways.append(f"gpu_memory_utilization={util:g} (fits {want} tokens on the same GPUs)")
+                break
+    if ev.kv_cache_dtype == "auto" and fit(kv="fp8") > max(best.max_len_that_fits, 0):
+        ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fit(kv='fp8'))} tokens)")
+    more = next((t for t in tp_candidates(model, 16) if t > len(gpus) and fit(tp=t) >= target), None)
+    if more:
+        ways.append(f"{more} GPUs like these (tensor parallel {more}: up to {round_len(fit(tp=more))} tokens)")
+    smaller = sorted((m for m in catalog().values() if m.weight_gib < model.weight_gib and m.name != model.name
+                      and (cc is None or not m.min_compute_capability or vtuple(cc) >= vtuple(m.min_compute_capability))
+                      and max(fit(m, tp) for tp in tp_candidates(m, len(gpus))) >= min(target, 32768)),
+                     key=lambda m: (m.name.split("/")[0] != model.name.split("/")[0], -m.weight_gib))[:2]
+    if smaller:
+        ways.append("a smaller model from the catalog that fits here: " + ", ".join(m.name for m in smaller))
+    return ways
 
 
 def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: str | None = None,
@@ -555,14 +648,17 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
            "kv_bytes_per_token": model.kv_bytes_per_token(KV_DTYPE_BYTES.get(ev.kv_cache_dtype, 2))}
     if sizing is None:
         best = max(tried, key=lambda s: s.max_len_that_fits)
-        reason, ways = _does_not_fit(model, gpus, ev, best)
+        reason, ways = _does_not_fit(model, gpus, ev, best, _min_cc(gpus))
         return Plan(False, reason=reason, ways_out=ways, why=tuple(why), memory={**mem, **best.as_dict()}, **base)
     max_len = ev.max_model_len or min(model.max_position_embeddings, round_len(sizing.max_len_that_fits))
     why += _sizing_why(model, ev, sizing, how, max_len, len(gpus))
+    dp, dp_why, dp_warnings = _data_parallel(model, ev, sizing, len(gpus))
+    why += dp_why
+    warnings += dp_warnings + _overridden_defaults(ev, sizing, gpus, max_len, model)
     layout = HostLayout(ev.install_root or facts.install_root or ROOTS[-1])
     root, hf_home = layout.root, layout.hf_home
-    cc = min((g.compute_capability for g in gpus if g.compute_capability), key=vtuple, default=None)
-    args, attention, flag_warnings = _serve_args(model, ev, sizing, max_len, build, cc, hf_home)
+    cc = _min_cc(gpus)
+    args, attention, flag_warnings = _serve_args(model, ev, sizing, dp, max_len, build, cc)
     warnings += flag_warnings
     if attention is None:
         why.append("attention backend: vLLM " + build.vllm_version + " picks it by itself")
@@ -583,7 +679,8 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
         vllm_version=build.vllm_version, cuda_variant=build.cuda_variant, cuda_compat=build.cuda_compat,
         torch_backend=build.torch_backend, torch_version=build.torch_version, extra_index_url=build.extra_index_url,
         python=build.python, python_managed=build.python_managed, download_kernels=build.download_kernels,
-        tensor_parallel_size=sizing.tensor_parallel_size, max_model_len=max_len,
+        tensor_parallel_size=sizing.tensor_parallel_size, pipeline_parallel_size=sizing.pipeline_parallel_size,
+        data_parallel_size=dp, max_model_len=max_len,
         gpu_memory_utilization=sizing.gpu_memory_utilization, max_num_seqs=sizing.max_num_seqs,
         max_num_batched_tokens=sizing.max_num_batched_tokens, kv_cache_dtype=ev.kv_cache_dtype,
         attention_backend=attention, serve_args=tuple(args), env=env,

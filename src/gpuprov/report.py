@@ -172,8 +172,11 @@ def plan_human(outcomes: Sequence[HostOutcome[Plan]]) -> None:
             ("vLLM", f"{p.vllm_version} ({p.cuda_variant}{compat}){extra}; "
                      f"torch {p.torch_version} ({p.torch_backend})"),
             ("Python", f"{p.python}{' (uv-managed)' if p.python_managed else ''} in {p.venv}"),
-            ("Sizing", f"tensor_parallel_size {p.tensor_parallel_size}, max_model_len {p.max_model_len}, "
-                       f"gpu_memory_utilization {p.gpu_memory_utilization}, max_num_seqs {p.max_num_seqs}"),
+            ("Sizing", f"tensor_parallel_size {p.tensor_parallel_size}"
+                       + (f" × pipeline {p.pipeline_parallel_size}" if (p.pipeline_parallel_size or 1) > 1 else "")
+                       + (f" × {p.data_parallel_size} replicas" if (p.data_parallel_size or 1) > 1 else "")
+                       + f", max_model_len {p.max_model_len}, gpu_memory_utilization {p.gpu_memory_utilization}, "
+                       f"max_num_seqs {p.max_num_seqs}, max_num_batched_tokens {p.max_num_batched_tokens}"),
             ("Memory", f"per GPU {p.memory.get('gpu_gib')} GiB: weights {p.memory.get('weights_gib')} + overhead "
                        f"{p.memory.get('overhead_gib')} + KV {p.memory.get('kv_available_gib')} GiB "
                        f"({p.memory.get('kv_bytes_per_token')} B/token)"),

@@ -41,6 +41,15 @@ class HubStandIn(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    """These tests talk to local stand-ins only; the suite may run with HF_HUB_OFFLINE=1 (which gpuprov honours)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
 @pytest.fixture
 def hub():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), HubStandIn)
@@ -55,7 +64,6 @@ def hub():
 
 
 def test_a_model_on_the_hub_is_read_from_its_config(hub, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
     spec = resolve_model("org/open", endpoint=hub)
     assert spec.max_position_embeddings == 8192 and spec.num_attention_heads == 8
     assert abs(spec.weight_gib - 4.0) < 0.01

@@ -9,11 +9,8 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
-from gpuprov.errors import UsageError
-from gpuprov.models import lookup
 from gpuprov.compat import matrix, vtuple
+from gpuprov.models import lookup
 from gpuprov.plan import known_serve_flags, make_plan, parse_serve_help, recorded_serve_flags, recorded_versions
 from gpuprov.sim.standin_vllm import build_wheel
 
@@ -65,7 +62,8 @@ def test_0_33_0_renamed_the_negative_switches():
 def test_a_version_without_a_table_plans_with_a_warning_naming_it():
     spec = lookup("openai/gpt-oss-20b")
     p = make_plan(H100, host(vllm_version="0.31.0"), spec)
-    assert p.ok and any(w.startswith("vLLM 0.31.0: gpuprov has no recorded `vllm serve` flag table") for w in p.warnings)
+    assert p.ok and any(w.startswith("vLLM 0.31.0: gpuprov has no recorded `vllm serve` flag table")
+                        for w in p.warnings)
     p = make_plan(H100, host(vllm_version="0.31.0", extra_serve_args=["--max-model-length", "4096"]), spec)
     assert any("--max-model-length" in w and "did you mean --max-model-len?" in w for w in p.warnings), p.warnings
     p = make_plan(H100, host(vllm_version="0.32.0"), spec)

@@ -64,6 +64,11 @@ def _errors(fn):
         except KeyboardInterrupt:
             report.error("interrupted")
             raise Exit(code=130) from None
+        except BrokenPipeError:  # `invoke models | head`: the reader left; nothing to say, as with any Unix tool
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=141) from None
         except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, never a traceback
             if verbose:
                 sys.stderr.write("".join(traceback.format_exception(e)))
@@ -126,6 +131,33 @@ def plan(c, host=None, model=None, max_model_len=None, inventory=None, json=Fals
     outcomes = api.plan_offline(facts, host, inventory, extra) if facts else \
         api.plan(api.select_hosts(host, inventory, extra))
     (report.plan_json if json else report.plan_human)(outcomes)
+    _finish(outcomes)
+
+
+@task(
+    help={"fit": "plan every catalog model for these hosts (probed; or read from --facts)",
+          "facts": "with --fit: the hosts' saved `invoke probe --json` facts instead of probing",
+          "inventory": COMMON_HELP["inventory"], "json": COMMON_HELP["json"], "e": COMMON_HELP["e"],
+          "verbose": VERBOSE_HELP},
+    iterable=["e"],
+)
+@_errors
+def models(c, fit=None, facts=None, inventory=None, json=False, e=None, verbose=False):
+    """List the model catalog (size, context, quantization, compute capability, gated); --fit: what fits a host."""
+    from gpuprov import report
+    from gpuprov.compat import matrix
+    from gpuprov.errors import UsageError
+    from gpuprov.models import catalog
+
+    if not fit and not facts:
+        if e:
+            raise UsageError("-e sets vars for --fit; without --fit there is nothing to plan")
+        (report.models_json if json else report.models_human)(catalog().values(), matrix()["min_compute_capability"])
+        return
+    from gpuprov import api
+
+    outcomes = api.models_fit(fit, inventory, e or [], facts)
+    (report.fit_json if json else report.fit_human)(outcomes)
     _finish(outcomes)
 
 

@@ -6,6 +6,7 @@ error is kept, as the exception itself, in its ``HostOutcome`` and never stops t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .fleet import EXIT_FAILED, EXIT_OK, HostOutcome, for_each_host
 from .health import wait_ready
 from .inventory import Host, Inventory, parse_extra_vars
 from .layout import HostLayout
-from .plan import Plan, engine_vars
+from .plan import Plan, engine_vars, fit_catalog
 from .playbook import Templar, load_playbook
 from .probe import read_facts_file, run_probe
 from .provision import plan_for, provision
@@ -29,7 +30,7 @@ from .tunnel import Tunnel, pick_port
 
 __all__ = ["HostOutcome", "api_key_path", "control", "forget_host", "known_hosts", "load_inventory", "open_tunnel",
            "provision",
-           "plan", "plan_offline", "play", "probe", "select_hosts", "status", "stream_logs", "teardown"]
+           "models_fit", "plan", "plan_offline", "play", "probe", "select_hosts", "status", "stream_logs", "teardown"]
 
 
 # --------------------------------------------------------------------------- inventory
@@ -72,10 +73,11 @@ def plan(hosts: Iterable[Host], strict: bool = False) -> list[HostOutcome[Plan]]
     return for_each_host(hosts, lambda h: plan_for(h, probe_host(h, strict)))
 
 
-def plan_offline(facts_file: str, pattern: str | None = None, inventory: str | Path | None = None,
-                 extra_vars: Sequence[str] = ()) -> list[HostOutcome[Plan]]:
-    """``invoke plan --facts FILE``: every host in the file (with default vars), or, with ``--host``, the selected
-    inventory hosts, each with its own facts from the file (a host the file does not describe is an error)."""
+def _offline_hosts(facts_file: str, pattern: str | None, inventory: str | Path | None,
+                   extra_vars: Sequence[str]) -> tuple[list[Host], dict[str, Facts]]:
+    """The hosts ``--facts FILE`` stands for: every host in the file (with default vars), or, with ``--host``, the
+    selected inventory hosts, each with its own facts from the file (a host the file does not describe is an
+    error)."""
     facts = read_facts_file(facts_file)
     by_name = {f.host: f for f in facts}
     if pattern:
@@ -91,7 +93,38 @@ def plan_offline(facts_file: str, pattern: str | None = None, inventory: str | P
         hosts = [h.with_vars(extra, "command line") if extra else h for h in base]
     for h in hosts:
         engine_vars(h)
+    return hosts, by_name
+
+
+def plan_offline(facts_file: str, pattern: str | None = None, inventory: str | Path | None = None,
+                 extra_vars: Sequence[str] = ()) -> list[HostOutcome[Plan]]:
+    """``invoke plan --facts FILE``: plan from recorded facts, without connecting anywhere."""
+    hosts, by_name = _offline_hosts(facts_file, pattern, inventory, extra_vars)
     return for_each_host(hosts, lambda h: plan_for(h, by_name[h.name]))
+
+
+@dataclass(frozen=True)
+class CatalogFit:
+    """``invoke models --fit``: what each catalog model would get on one host (exit 0 even when none fits)."""
+
+    facts: Facts
+    plans: list[Plan]
+
+
+def models_fit(pattern: str | None, inventory: str | Path | None = None, extra_vars: Sequence[str] = (),
+               facts_file: str | None = None) -> list[HostOutcome[CatalogFit]]:
+    """Probe each host (or read its facts from ``facts_file``) and plan every catalog model for it."""
+    token = bool(os.environ.get("HF_TOKEN"))
+    if facts_file:
+        hosts, by_name = _offline_hosts(facts_file, pattern, inventory, extra_vars)
+        return for_each_host(hosts, lambda h: CatalogFit(by_name[h.name], fit_catalog(by_name[h.name], h, token)))
+    hosts = select_hosts(pattern or "", inventory, extra_vars)
+
+    def one(h: Host) -> CatalogFit:
+        facts = probe_host(h)
+        return CatalogFit(facts, fit_catalog(facts, h, token))
+
+    return for_each_host(hosts, one)
 
 
 def forget_host(host: Host) -> bool:

@@ -604,7 +604,8 @@ def _ways_out(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any, targ
         ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fit(kv='fp8'))} tokens)")
     more = next((t for t in tp_candidates(model, 16) if t > len(gpus) and fit(tp=t) >= target), None)
     if more:
-        ways.append(f"{more} GPUs like these (tensor parallel {more}: up to {round_len(fit(tp=more))} tokens)")
+        ways.append(f"{more} GPUs like these (tensor parallel {more}: up to "
+                    f"{round_len(min(fit(tp=more), model.max_position_embeddings))} tokens)")
     smaller = sorted((m for m in catalog().values() if m.weight_gib < model.weight_gib and m.name != model.name
                       and (cc is None or not m.min_compute_capability or vtuple(cc) >= vtuple(m.min_compute_capability))
                       and max(fit(m, tp) for tp in tp_candidates(m, len(gpus))) >= min(target, 32768)),
@@ -689,3 +690,16 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
         model_gib=model.weight_gib, memory={**mem, **sizing.as_dict(), "gpu_total_gib": total_gib},
         why=tuple(why), warnings=tuple(warnings), **base,
     )
+
+
+def fit_catalog(facts: Facts, host: Host, hf_token: bool | None = None) -> list[Plan]:
+    """``invoke models --fit``: every catalog model planned for this host at the longest context that fits (the
+    host's other vars kept); a model the host's vars rule out is a refusal with the reason, not an error."""
+    out = []
+    for name, spec in catalog().items():
+        h = host.with_vars({"model": name, "max_model_len": None}, "invoke models --fit")
+        try:
+            out.append(make_plan(facts, h, spec, hf_token=hf_token))
+        except UsageError as e:
+            out.append(Plan(False, host=host.name, model=name, reason=str(e)))
+    return out

@@ -111,6 +111,85 @@ def probe_human(outcomes: Sequence[HostOutcome[Facts]]) -> None:
             out.print(t)
 
 
+# --------------------------------------------------------------------------- the model catalog
+
+
+def _model_row(m: Any, min_cc: str) -> dict[str, Any]:
+    return {"model": m.name, "weights_gib": m.weight_gib, "max_context": m.max_position_embeddings,
+            "quantization": m.quantization or "bf16", "min_compute_capability": m.min_compute_capability or min_cc,
+            "gated": m.gated, "moe": m.moe}
+
+
+def models_human(models: Iterable[Any], min_cc: str) -> None:
+    t = Table(box=None, pad_edge=False)
+    for col in ("model", "GiB", "context", "quant", "min CC", "gated", "MoE"):
+        t.add_column(col, no_wrap=True)
+    for m in models:
+        r = _model_row(m, min_cc)
+        t.add_row(esc(r["model"]), f"{r['weights_gib']:g}", str(r["max_context"]), esc(r["quantization"]),
+                  esc(r["min_compute_capability"]), "yes" if r["gated"] else "no", "yes" if r["moe"] else "no")
+    out.print(t)
+    out.print("[dim]GiB: weights; gated: the hub wants HF_TOKEN. Any other hub model works too when its config.json "
+              "can be read; `invoke models --fit HOST` plans each of these for a host.[/]")
+
+
+def models_json(models: Iterable[Any], min_cc: str) -> None:
+    for m in models:
+        json_line(_model_row(m, min_cc))
+
+
+def _fit_row(p: Plan) -> dict[str, Any]:
+    return {"host": p.host, "model": p.model, "ok": p.ok, "max_model_len": p.max_model_len,
+            "tensor_parallel_size": p.tensor_parallel_size, "data_parallel_size": p.data_parallel_size,
+            "vllm_version": p.vllm_version, "reason": p.reason, "warnings": list(p.warnings)}
+
+
+def _fit_note(p: Plan) -> str:
+    """One short phrase per model (the full reasons are in --json and `invoke plan`)."""
+    if not p.ok:
+        head = (p.reason or "refused").replace(p.model, "").split(":")[0].strip() or "refused"
+        way = next((w for w in p.ways_out if not w.startswith("a GPU with more memory")), None)
+        return head + (f"; {way.split(' (')[0]}" if way else "")
+    notes = ["gated: set HF_TOKEN"] if p.needs_hf_token else []
+    if any("instead of vLLM's" in w and w.startswith("max_model_len") for w in p.warnings):
+        notes.append("context shortened to fit")
+    if any(w.startswith("max_num_seqs") for w in p.warnings):
+        notes.append("smaller batches")
+    return ", ".join(notes)
+
+
+def fit_human(outcomes: Sequence[HostOutcome[Any]]) -> None:
+    for o in outcomes:
+        if o.value is None:
+            outcome_error(o)
+            continue
+        f = o.value.facts
+        gpus = f"{len(f.gpus)} × {f.gpus[0].name}" if f.gpus else "no GPU"
+        out.print(f"[bold]{esc(o.host.name)}[/]: {esc(gpus)}, driver {esc(f.driver_version or '?')}")
+        t = Table(box=None, pad_edge=False)
+        for col in ("model", "fits", "context", "GPUs", "vLLM"):
+            t.add_column(col, no_wrap=True)
+        t.add_column("note")
+        for p in o.value.plans:
+            if p.ok:
+                layout = f"TP {p.tensor_parallel_size}" + (f" × DP {p.data_parallel_size}"
+                                                          if (p.data_parallel_size or 1) > 1 else "")
+                t.add_row(esc(p.model), "[green]yes[/]", str(p.max_model_len), layout, esc(p.vllm_version),
+                          esc(_fit_note(p)))
+            else:
+                t.add_row(esc(p.model), "[red]no[/]", "-", "-", esc(p.vllm_version or "-"), esc(_fit_note(p)))
+        out.print(t)
+
+
+def fit_json(outcomes: Sequence[HostOutcome[Any]]) -> None:
+    for o in outcomes:
+        if o.value is None:
+            outcome_error(o)
+            continue
+        for p in o.value.plans:
+            json_line(_fit_row(p))
+
+
 # --------------------------------------------------------------------------- inventory
 
 

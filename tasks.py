@@ -161,6 +161,27 @@ def models(c, fit=None, facts=None, inventory=None, json=False, e=None, verbose=
     _finish(outcomes)
 
 
+@task(name="compat-check", help={"index": "package index (Simple API root; default: GPUPROV_PACKAGE_INDEX, else "
+                                           "pip's index)", "json": "one JSON document", "verbose": VERBOSE_HELP})
+@_errors
+def compat_check(c, index=None, json=False, verbose=False):
+    """Maintainers: vLLM's releases on the package index against data/compat.yml and the recorded flag tables
+    (exit 1 when the newest release is missing or stale)."""
+    import json as json_
+
+    from gpuprov import report
+    from gpuprov.plan import recorded_versions
+    from gpuprov.releases import compat_check as check
+
+    result = check(index, recorded_versions())
+    if json:
+        print(json_.dumps(result.to_json(), indent=2))
+    else:
+        report.compat_human(result)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
 @task(
     help=COMMON_HELP | {"playbook": "playbook file (e.g. tests/fixtures/playbooks/site.yml)",
                         "check": "change nothing; report what would change",

@@ -62,7 +62,7 @@ def is_datacenter(name: str) -> bool:
     return bool(re.search(matrix()["datacenter_gpus"], name))
 
 
-def _pick_python(facts: Facts, lo: float, hi: float) -> tuple[str, bool]:
+def _pick_python(facts: Facts, lo: str, hi: str) -> tuple[str, bool]:
     lo_t, hi_t = vtuple(lo), vtuple(hi)
     ok = [p for p in facts.pythons if lo_t <= vtuple(p) <= hi_t]
     if ok:
@@ -159,7 +159,7 @@ def _by_driver(facts: Facts, m: Mapping[str, Any], releases: list[Mapping[str, A
 
     def build(rel: Mapping[str, Any], variant: str, compat: bool) -> Build:
         v = rel["variants"][variant]
-        py, managed = _pick_python(facts, *rel["python"])
+        py, managed = _pick_python(facts, *(str(v) for v in rel["python"]))
         env = dict(m["forward_compat"]["env"]) if compat else {}
         return Build(rel["version"], variant, v["cuda"], rel["torch"], v["torch_backend"], v.get("extra_index"),
                      compat, py, managed, bool(rel.get("download_kernels")), env)

@@ -190,6 +190,27 @@ def fit_json(outcomes: Sequence[HostOutcome[Any]]) -> None:
             json_line(_fit_row(p))
 
 
+def compat_human(r: Any) -> None:
+    """``invoke compat-check``: every release from the oldest compat.yml row up, what is missing or stale."""
+    from .releases import python_range
+
+    out.print(f"vLLM releases on {esc(r.index)} (newest: {esc(r.newest)})")
+    t = Table(box=None, pad_edge=False)
+    for col in ("version", "date", "Python", "torch", "compat.yml", "flag table", "verdict"):
+        t.add_column(col, no_wrap=col != "verdict")
+    for row in r.rows:
+        py = python_range(row.requires_python)
+        verdict = "; ".join(row.problems) or "; ".join(row.notes) or "ok"
+        t.add_row(esc(row.version), esc(row.date or "?"), esc("–".join(py) if py else "?"), esc(row.torch or "?"),
+                  "yes" if row.in_compat else "[red]no[/]", "yes" if row.flag_table else "no",
+                  f"[red]{esc(verdict)}[/]" if row.problems else esc(verdict))
+    out.print(t)
+    if r.exit_code:
+        error(f"{sum(bool(x.problems) for x in r.rows)} release(s) need compat.yml or data/serve_flags updated")
+    else:
+        out.print("[green]compat.yml and the flag tables cover the newest release[/]")
+
+
 # --------------------------------------------------------------------------- inventory
 
 

@@ -1,7 +1,10 @@
-"""The lab's network services, on the lab bridge only: a PEP 503 package index and a model hub STAND-IN.
+"""The lab's network services, on the lab bridge only: a package index and a model hub STAND-IN.
 
 - ``/simple/<project>/`` lists the wheels in ``<dir>/wheels`` (the stand-in ``vllm`` builds, uv, huggingface_hub
-  and its dependencies), so sim hosts run the real ``uv pip install`` path against it.
+  and its dependencies), so sim hosts run the real ``uv pip install`` path against it. It speaks the Simple API
+  as the registry does: HTML (PEP 503), or JSON (PEP 691, with PEP 700's ``upload-time``: the file's mtime, and
+  each wheel's ``Requires-Python``) when asked with ``Accept: application/vnd.pypi.simple.v1+json``; files answer
+  range requests (``invoke compat-check`` reads METADATA out of a wheel that way).
 - ``/real/simple/<project>/`` lists ``<dir>/real-wheels``: the real vLLM CPU build and everything it needs
   (see real_engine.py), for hosts started with ``--engine real``.
 - The hub answers the part of the Hugging Face Hub API that ``huggingface_hub`` uses to download a repo
@@ -70,10 +73,29 @@ class LabHandler(BaseHTTPRequestHandler):
         self.do_GET(head=True)
 
     def send_file(self, f: Path, ctype: str, headers: dict | None = None, head=False):
-        self.start(200, ctype, f.stat().st_size, headers)
+        size = f.stat().st_size
+        rng = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", "") or "")
+        if rng and (rng.group(1) or rng.group(2)):  # one range, as HTTP/1.1 clients ask for it
+            a, b = rng.groups()
+            first, last = (size - int(b), size - 1) if not a else (int(a), min(int(b or size - 1), size - 1))
+            first = max(first, 0)
+            if first > last:
+                return self.send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"}, head)
+            self.send_response(206)
+            for k, v in {"Content-Type": ctype, "Content-Length": str(last - first + 1),
+                         "Content-Range": f"bytes {first}-{last}/{size}", **(headers or {})}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                with open(f, "rb") as fh:
+                    fh.seek(first)
+                    self.wfile.write(fh.read(last - first + 1))
+            return None
+        self.start(200, ctype, size, {"Accept-Ranges": "bytes", **(headers or {})})
         if not head:
             with open(f, "rb") as fh:
                 shutil.copyfileobj(fh, self.wfile, 1 << 20)
+        return None
 
     def do_GET(self, head=False):
         path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
@@ -95,6 +117,9 @@ class LabHandler(BaseHTTPRequestHandler):
             files = sorted(f for f in d.glob("*.whl") if wheel_project(f.name) == norm(m.group(2)))
             if not files:
                 return self.send(404, b"not found", head=head)
+            if "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", ""):
+                return self.send(200, json.dumps(_project_json(norm(m.group(2)), prefix, files)).encode(),
+                                 "application/vnd.pypi.simple.v1+json", head=head)
             links = "".join(f'<a href="{prefix}/files/{html.escape(f.name)}#sha256={_sha(f)}">{html.escape(f.name)}'
                             "</a><br>\n" for f in files)
             return self.send(200, f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), head=head)
@@ -135,6 +160,36 @@ class LabHandler(BaseHTTPRequestHandler):
                                   head)
         return self.send(404, b"not found", "text/plain", head=head)
 
+
+
+def _project_json(name: str, prefix: str, files: list[Path]) -> dict:
+    """A PEP 691 project page (with PEP 700's upload-time and each wheel's Requires-Python)."""
+    import datetime as dt
+
+    out = []
+    for f in files:
+        entry = {"filename": f.name, "url": f"{prefix}/files/{urllib.parse.quote(f.name)}",
+                 "hashes": {"sha256": _sha(f)}, "size": f.stat().st_size,
+                 "upload-time": dt.datetime.fromtimestamp(f.stat().st_mtime, dt.UTC)
+                 .strftime("%Y-%m-%dT%H:%M:%SZ")}
+        rp = _requires_python(f)
+        if rp:
+            entry["requires-python"] = rp
+        out.append(entry)
+    return {"meta": {"api-version": "1.1"}, "name": name, "files": out}
+
+
+def _requires_python(f: Path) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(f) as z:
+            meta = next((n for n in z.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)), None)
+            text = z.read(meta).decode() if meta else ""
+    except (OSError, zipfile.BadZipFile):
+        return None
+    m = re.search(r"^Requires-Python: *(.+)$", text, re.M)
+    return m.group(1).strip() if m else None
 
 
 _SHA: dict[str, str] = {}

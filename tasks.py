@@ -170,8 +170,8 @@ def compat_check(c, index=None, json=False, verbose=False):
     import json as json_
 
     from gpuprov import report
-    from gpuprov.plan import recorded_versions
     from gpuprov.releases import compat_check as check
+    from gpuprov.serve_flags import recorded_versions
 
     result = check(index, recorded_versions())
     if json:

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from gpuprov.plan import parse_serve_help  # noqa: E402
+from gpuprov.serve_flags import parse_serve_help  # noqa: E402
 
 OUT_DIR = ROOT / "src" / "gpuprov" / "data" / "serve_flags"
 #: requirements the parser never imports and that only exist (or only make sense) with a CUDA GPU

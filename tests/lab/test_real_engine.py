@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gpuprov import api
-from gpuprov.plan import parse_serve_help, recorded_serve_flags
+from gpuprov.serve_flags import parse_serve_help, recorded_serve_flags
 from gpuprov.sim import real_engine
 
 from ..unit.test_health import phases_through

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpuprov.compat import matrix
-from gpuprov.plan import recorded_versions
 from gpuprov.releases import compat_check, index_files, python_range, releases, torch_pin
+from gpuprov.serve_flags import recorded_versions
 from gpuprov.sim.services import make_handler
 from gpuprov.sim.wheels import write_wheel
 

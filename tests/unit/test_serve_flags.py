@@ -11,7 +11,8 @@ import zipfile
 
 from gpuprov.compat import matrix, vtuple
 from gpuprov.models import lookup
-from gpuprov.plan import known_serve_flags, make_plan, parse_serve_help, recorded_serve_flags, recorded_versions
+from gpuprov.plan import make_plan
+from gpuprov.serve_flags import known_serve_flags, parse_serve_help, recorded_serve_flags, recorded_versions
 from gpuprov.sim.standin_vllm import build_wheel
 
 from .test_fit_and_vars import H100, host

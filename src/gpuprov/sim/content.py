@@ -17,7 +17,7 @@ import yaml
 from ..compat import matrix
 from ..errors import LabError
 from ..models import catalog
-from ..plan import known_serve_flags, recorded_serve_flags
+from ..serve_flags import known_serve_flags, recorded_serve_flags
 from .cache import WHEEL_CACHE
 from .standin_vllm import build_wheel
 

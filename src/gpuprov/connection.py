@@ -70,6 +70,10 @@ class Stream(Protocol):
         """Up to ``n`` bytes of output (stdout and stderr); b"" once it ended; None when ``timeout`` passed."""
         ...
 
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to its stdin (the session's requests)."""
+        ...
+
     def close(self) -> None:
         """Close stdin and stop reading (the command sees EOF; a lock holder lets go)."""
         ...
@@ -109,6 +113,12 @@ class ChannelStream:
         except TimeoutError:
             return None
 
+    def send(self, data: bytes) -> None:
+        try:
+            self.chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise ConnectError(f"the channel closed: {e or type(e).__name__}") from None
+
     def close(self) -> None:
         try:
             self.chan.shutdown_write()
@@ -131,6 +141,14 @@ class ProcessStream:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         return os.read(self.proc.stdout.fileno(), n) if ready else None
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError as e:
+            raise ConnectError(f"the local process ended: {e}") from None
 
     def close(self) -> None:
         try:

@@ -118,8 +118,10 @@ class HostRun:
     """One play on one host."""
 
     def __init__(self, play: Play, host: Host, runner: Any, facts: Any, extra_ctx: Mapping[str, Any],
-                 templar: Templar, opts: RunOptions, work_lock: str | None = None):
+                 templar: Templar, opts: RunOptions, work_lock: str | None = None, gather_runner: Any = None):
         self.play, self.host, self.runner, self.facts = play, host, runner, facts
+        #: where state gathering runs: the run's session (hostlock.HostSession), sparing an exec, or the runner
+        self.gather_runner = gather_runner or runner
         #: a file every applied command holds a shared flock on (see gpuprov.hostlock)
         self.work_lock = work_lock
         self.templar, self.opts = templar, opts
@@ -196,7 +198,7 @@ class HostRun:
         try:
             prepared = self.prepare()
             queries = [q for _, qs in prepared.values() for q in qs]
-            answers = gather(self.runner, queries)
+            answers = gather(self.gather_runner, queries)
             states: dict[int, list[dict]] = {}
             k = 0
             for i, (_, qs) in prepared.items():
@@ -262,7 +264,7 @@ class HostRun:
         attempts = max(1, t.retries + 1) if t.until else 1
         for attempt in range(attempts):
             if state is None or self.dirty or attempt:
-                state = gather(self.runner, op.queries(octx))
+                state = gather(self.gather_runner, op.queries(octx))
             decision = op.check(octx, state)
             result: dict[str, Any] = {"changed": False, "failed": False, "skipped": False}
             if isinstance(decision, NoOp):

@@ -132,17 +132,22 @@ class Readiness:
     last_lines: list[str] = field(default_factory=list)
 
 
+COMPLETION_TIMEOUT_S = 120
+
+
 def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, port: int, env_file: str,
                model: str, timeout: float = 1800, on_progress: Callable[[str], None] | None = None,
                poll_s: float = 0.5) -> Readiness:
     args = {"manager": manager, "unit": unit, "log": log, "pidfile": pidfile, "port": port, "pos": None,
-            "since": time.time() - 5}
+            "since": time.time() - 5,
+            # an engine that is already up is proven in this same exec (a re-provision: one exec to verify)
+            "complete": {"env_file": env_file, "model": model, "timeout": COMPLETION_TIMEOUT_S}}
     prog = Progress()
     deadline = time.monotonic() + timeout
     seen_restarts = None
     last = ""
     while time.monotonic() < deadline:
-        res = remote.run(runner, "poll", json.dumps(args), timeout=30)
+        res = remote.run(runner, "poll", json.dumps(args), timeout=30 + COMPLETION_TIMEOUT_S)
         if res.exit_status != 0:
             return Readiness(False, time.monotonic() - prog.started, error=f"poll failed: {res.stderr.strip()[-300:]}")
         try:
@@ -158,7 +163,7 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
             seen_restarts = svc.get("restarts", 0)
         if d.get("health") == 200:
             prog.phase = "ready"
-            comp = completion(runner, port, env_file, model)
+            comp = d.get("completion") or completion(runner, port, env_file, model)
             if on_progress:
                 on_progress(prog.render())
             if comp.get("ok"):
@@ -179,7 +184,8 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
                      last_lines=prog.lines[-20:])
 
 
-def completion(runner: Any, port: int, env_file: str, model: str, timeout: float = 120) -> dict:
+def completion(runner: Any, port: int, env_file: str, model: str,
+               timeout: float = COMPLETION_TIMEOUT_S) -> dict:
     res = remote.run(runner, "completion",
                      json.dumps({"port": port, "env_file": env_file, "model": model, "timeout": timeout}),
                      timeout=timeout + 10)

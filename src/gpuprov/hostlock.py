@@ -1,8 +1,11 @@
-"""One gpuprov run per host at a time: an exclusive lock held on the host for the length of a run.
+"""One gpuprov run per host at a time, and one SSH channel for the run's host-side programs.
 
-The lock is ``flock`` on a file next to the install root, taken by a small process that holds it until its
-stdin closes — that is, until our SSH channel closes. A run that dies (Ctrl-C, lost connection) therefore
-releases the lock by itself; there is no stale lock file to clean up.
+``HostSession`` opens one channel to ``remote/session.py`` on the host. Over it, the probe and the state
+gathering run as requests (``session.run`` is a ``Runner.run``: ``remote.run(session, ...)`` works unchanged),
+and ``session.lock`` takes the run lock: an exclusive ``flock`` on a file next to the install root, held by the
+session process until its stdin closes — that is, until our SSH channel closes. A run that dies (Ctrl-C, lost
+connection) therefore releases the lock by itself; there is no stale lock file to clean up. A re-provision costs
+two execs in all: this channel, and the readiness check with its completion.
 
 A dead run's *commands* may still be running on the host (closing an SSH session without a terminal does
 not stop them: an interrupted ``python3 -m venv`` goes on writing). So every applied command holds a shared
@@ -12,56 +15,129 @@ exclusive flock on that file: for the orphans to finish, before it looks at or c
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from . import remote
+from .connection import DEFAULT_TIMEOUT, Result
 from .errors import ConnectError, HostBusy
 
-__all__ = ["HostBusy", "HostLock"]
+__all__ = ["HostBusy", "HostLock", "HostSession"]
 
 
+class HostSession:
+    """A runner-like channel to the host's session program (see the module docstring)."""
 
-class HostLock:
-    def __init__(self, runner: Any, path: str, owner: str, wait: float = 0.0, work_lock: str | None = None,
-                 orphan_timeout: float = 900):
-        self.runner, self.path, self.owner, self.wait = runner, path, owner, wait
-        self.work_lock, self.orphan_timeout = work_lock, orphan_timeout
+    def __init__(self, runner: Any):
+        self.runner, self.host = runner, runner.host
         self.stream: Any = None
+        self.buf = b""
 
-    def __enter__(self) -> HostLock:
-        deadline = time.monotonic() + self.wait
+    # ----------------------------------------------------------- the channel
+    def open(self) -> HostSession:
+        argv, program = remote.command("session")
+        self.stream = self.runner.open_stream(argv, stdin=program, timeout=10)
+        return self
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # stdin closes: the session ends and lets go of the lock
+            self.stream = None
+
+    def __enter__(self) -> HostSession:
+        return self.open() if self.stream is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def exec_count(self) -> int:
+        return int(getattr(self.runner, "exec_count", 0))
+
+    def sftp_works(self, timeout: float = 5.0) -> bool:
+        return bool(self.runner.sftp_works(timeout))
+
+    def _read(self, n: int | None, until: float) -> bytes:
+        """``n`` bytes, or (``n`` None) one line, from the session's output."""
+        while (len(self.buf) < n) if n is not None else (b"\n" not in self.buf):
+            data = self.stream.recv(1 << 16, max(0.1, until - time.monotonic()))
+            if data is None or not data or time.monotonic() > until:
+                self.close()
+                raise ConnectError(f"{self.host.name}: the gpuprov session " +
+                                   ("stopped answering" if data is None else "ended") +
+                                   (f" (it said: {self.buf.decode(errors='replace').strip()[-200:]})"
+                                    if self.buf.strip() else ""))
+            self.buf += data
+        if n is None:
+            n = self.buf.index(b"\n") + 1
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _request(self, req: dict, data: bytes, timeout: float) -> dict:
+        if self.stream is None:
+            raise ConnectError(f"{self.host.name}: the gpuprov session is closed")
+        self.stream.send((json.dumps(req) + "\n").encode() + data)
+        line = self._read(None, time.monotonic() + timeout)
+        try:
+            head: dict = json.loads(line)
+        except ValueError:
+            self.close()
+            raise ConnectError(f"{self.host.name}: the gpuprov session answered {line[:200]!r}") from None
+        return head
+
+    # ----------------------------------------------------------- what it does
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        """Run ``argv`` on the host inside the session (no new exec)."""
+        start = time.monotonic()
+        data = stdin or b""
+        head = self._request({"op": "run", "argv": [str(a) for a in argv], "stdin": len(data), "timeout": timeout},
+                             data, timeout + 15)
+        until = time.monotonic() + 30
+        out, err = self._read(int(head["out"]), until), self._read(int(head["err"]), until)
+        return Result(tuple(str(a) for a in argv), int(head["rc"]), out.decode("utf-8", "replace"),
+                      err.decode("utf-8", "replace"), time.monotonic() - start)
+
+    def lock(self, path: str, owner: str, *, wait: float = 0.0, work_lock: str | None = None,
+             orphan_timeout: float = 900) -> None:
+        """Take the run lock (held until the session closes); HostBusy when another run holds it."""
+        deadline = time.monotonic() + wait
         while True:
-            args = [self.path, self.owner] + ([self.work_lock, str(int(self.orphan_timeout))] if self.work_lock else [])
-            argv, program = remote.command("lock", *args)
-            stream = self.runner.open_stream(argv, stdin=program, timeout=10)
-            line = b""
-            until = time.monotonic() + self.orphan_timeout + 30
-            while not line.endswith(b"\n"):
-                data = stream.recv(1, max(0.1, until - time.monotonic()))
-                if data is None:
-                    stream.close()
-                    raise ConnectError(f"{self.runner.host.name}: no answer while taking the host lock")
-                if not data:
-                    break
-                line += data
-            text = line.decode(errors="replace").strip()
+            head = self._request({"op": "lock", "path": path, "owner": owner, "work_lock": work_lock,
+                                  "wait": int(orphan_timeout)}, b"", orphan_timeout + 30)
+            text = str(head.get("lock") or head.get("error") or "")
             if text == "LOCKED":
-                self.stream = stream
-                return self
-            stream.close()
+                return
             if text == "ORPHANS":
-                raise HostBusy(f"{self.runner.host.name}: a command of an earlier, interrupted gpuprov run is still "
-                               f"running after {self.orphan_timeout:g} s (it holds {self.work_lock}); wait for it "
+                raise HostBusy(f"{self.host.name}: a command of an earlier, interrupted gpuprov run is still "
+                               f"running after {orphan_timeout:g} s (it holds {work_lock}); wait for it "
                                "or stop it, then run again")
             if not text.startswith("BUSY"):
-                raise ConnectError(f"{self.runner.host.name}: could not take the host lock: {text or 'no answer'}")
+                raise ConnectError(f"{self.host.name}: could not take the host lock: {text or 'no answer'}")
             if time.monotonic() >= deadline:
-                raise HostBusy(f"{self.runner.host.name}: another gpuprov run holds the host lock ({text[5:]}); "
+                raise HostBusy(f"{self.host.name}: another gpuprov run holds the host lock ({text[5:]}); "
                                "wait for it to finish (it is released when that run ends, even if it dies)")
             time.sleep(1.0)
 
+
+class HostLock:
+    """``with HostLock(runner, path, owner): ...``: a session that only holds the run lock."""
+
+    def __init__(self, runner: Any, path: str, owner: str, wait: float = 0.0, work_lock: str | None = None,
+                 orphan_timeout: float = 900):
+        self.session = HostSession(runner)
+        self.args = (path, owner)
+        self.kw: dict[str, Any] = {"wait": wait, "work_lock": work_lock, "orphan_timeout": orphan_timeout}
+
+    def __enter__(self) -> HostSession:
+        self.session.open()
+        try:
+            self.session.lock(*self.args, **self.kw)
+        except BaseException:
+            self.session.close()
+            raise
+        return self.session
+
     def __exit__(self, *exc: object) -> None:
-        if self.stream is not None:
-            self.stream.close()  # stdin closes: the holder lets go (and it goes with the connection anyway)
-            self.stream = None
+        self.session.close()

@@ -23,7 +23,7 @@ from .errors import ModelUnavailable, RemoteError, UsageError
 from .executor import HostRecap, HostRun, RunOptions, apply_one, service_op, template_dirs
 from .facts import Facts
 from .fleet import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, for_each_host
-from .hostlock import HostLock
+from .hostlock import HostSession
 from .hub import local_model_dir, resolve_model
 from .inventory import Host
 from .layout import HostLayout
@@ -163,24 +163,25 @@ def playbook_path() -> Path:
 def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool = False, verify: bool = True,
                    on_event: Callable | None = None, on_progress: Callable[[str, str], None] | None = None,
                    ready_timeout: float = 1800) -> ProvisionResult:
-    facts = run_probe(runner, check_sftp=False)
-    plan = plan_for(host, facts)
-    if not plan.ok:
-        return ProvisionResult(host.name, plan, refused=plan.reason)
-    refusal = gated_refusal(host, plan) or disk_refusal(facts, plan)
-    if refusal:
-        return ProvisionResult(host.name, plan, refused=refusal)
-    gp = gp_vars(host, facts, plan)
-    lay = HostLayout(plan.install_root)
-    owner = f"provision by {getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
-    work_lock = lay.work_lock if facts.tools.get("flock") else None
-    with HostLock(runner, lay.lock, owner, wait=float(host.var("lock_wait", 0) or 0), work_lock=work_lock):
+    with HostSession(runner) as session:  # one exec: the probe, the run lock and the state gathering
+        facts = run_probe(session, check_sftp=False)
+        plan = plan_for(host, facts)
+        if not plan.ok:
+            return ProvisionResult(host.name, plan, refused=plan.reason)
+        refusal = gated_refusal(host, plan) or disk_refusal(facts, plan)
+        if refusal:
+            return ProvisionResult(host.name, plan, refused=refusal)
+        gp = gp_vars(host, facts, plan)
+        lay = HostLayout(plan.install_root)
+        owner = f"provision by {getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+        work_lock = lay.work_lock if facts.tools.get("flock") else None
+        session.lock(lay.lock, owner, wait=float(host.var("lock_wait", 0) or 0), work_lock=work_lock)
         return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,
-                           work_lock)
+                           work_lock, session)
 
 
 def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,  # noqa: ANN001, ANN202
-                work_lock=None):
+                work_lock=None, session=None):
     path = playbook_path()
     plays = load_playbook(path)
     templar = Templar(template_dirs(path))
@@ -188,7 +189,7 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
     extra = {"plan": plan.to_json(), "facts": facts.to_json(), "gp": gp}
     recap = None
     for p in plays:
-        r = HostRun(p, host, runner, facts, extra, templar, opts, work_lock).run()
+        r = HostRun(p, host, runner, facts, extra, templar, opts, work_lock, gather_runner=session).run()
         recap = r if recap is None else recap
     assert recap is not None
     result = ProvisionResult(host.name, plan, recap)

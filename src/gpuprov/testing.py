@@ -3,13 +3,16 @@
 ``FakeRunner(handler)`` records every command (argv and stdin) and asks ``handler(call)`` for the answer:
 a ``Result``, an ``(exit_status, stdout, stderr)`` tuple, a string (stdout, exit 0) or None (exit 0, no output).
 The play's state-gathering exec is recognised (``call.queries`` holds its queries), so a handler can answer
-gathered state as data. Streams (the host lock, ``logs -f``) answer from ``handler`` too: the stdout of the
-answer is what the stream yields, then it ends.
+gathered state as data. Streams (``logs -f``) answer from ``handler`` too: the stdout of the answer is what the
+stream yields, then it ends. The session (gpuprov.hostlock) is played by ``FakeSession``: each program it runs is
+a call of its own (not an exec), and its lock request is the call ``session-lock PATH OWNER`` (stream=True) whose
+first line is the answer (LOCKED, BUSY <who>, ORPHANS).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -62,13 +65,45 @@ Answer = Result | tuple | str | None
 class FakeStream:
     def __init__(self, data: bytes):
         self.data, self.closed = data, False
+        self.sent = b""
 
     def recv(self, n: int, timeout: float) -> bytes | None:
         chunk, self.data = self.data[:n], self.data[n:]
         return chunk
 
+    def send(self, data: bytes) -> None:
+        self.sent += data
+
     def close(self) -> None:
         self.closed = True
+
+
+class FakeSession(FakeStream):
+    """The host's session program, played against the runner's handler."""
+
+    def __init__(self, runner: FakeRunner):
+        super().__init__(b"")
+        self.runner = runner
+
+    def send(self, data: bytes) -> None:
+        self.sent += data
+        while b"\n" in self.sent:
+            line, rest = self.sent.split(b"\n", 1)
+            req = json.loads(line)
+            n = int(req.get("stdin") or 0)
+            if len(rest) < n:
+                return
+            payload, self.sent = rest[:n], rest[n:]
+            if req["op"] == "lock":
+                res = self.runner._answer(Call(("session-lock", req["path"], req["owner"]), b"", stream=True),
+                                          count=False)
+                text = (res.stdout.splitlines() or [""])[0].strip()
+                self.data += (json.dumps({"lock": text}) + "\n").encode()
+            else:
+                res = self.runner._answer(Call(tuple(req["argv"]), payload or None), count=False)
+                out, err = res.stdout.encode(), res.stderr.encode()
+                self.data += (json.dumps({"rc": res.exit_status, "out": len(out), "err": len(err)}) + "\n").encode()
+                self.data += out + err
 
 
 @dataclass
@@ -79,9 +114,9 @@ class FakeRunner(Runner):
     exec_count: int = 0
     streams: list[FakeStream] = field(default_factory=list)
 
-    def _answer(self, call: Call) -> Result:
+    def _answer(self, call: Call, count: bool = True) -> Result:
         self.calls.append(call)
-        self.exec_count += 1
+        self.exec_count += int(count)
         a = self.handler(call)
         if isinstance(a, Result):
             return a
@@ -96,6 +131,11 @@ class FakeRunner(Runner):
         return self._answer(Call(tuple(str(a) for a in argv), stdin))
 
     def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> FakeStream:
+        if stdin.startswith(remote.source("session").encode()):
+            self.exec_count += 1
+            session = FakeSession(self)
+            self.streams.append(session)
+            return session
         res = self._answer(Call(tuple(str(a) for a in argv), stdin, stream=True))
         s = FakeStream((res.stdout + res.stderr).encode())
         self.streams.append(s)
@@ -119,4 +159,4 @@ def gathered(answers: Callable[[dict], dict]) -> Callable[[Call], Answer]:
     return handler
 
 
-__all__ = ["Call", "FakeRunner", "FakeStream", "gathered"]
+__all__ = ["Call", "FakeRunner", "FakeSession", "FakeStream", "gathered"]

@@ -73,7 +73,8 @@ def test_second_run_changes_nothing_and_keeps_the_engine(plain):
     p = provision(sim, "pv1", "--json", env={"HF_TOKEN": HF_TOKEN})
     recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["pv1"]
     assert (recap["changed"], recap["failed"], recap["ready"]) == (0, 0, True), p.stdout
-    assert recap["execs"] <= 5  # probe, one state gather, readiness poll, completion
+    # one exec for the session (probe, run lock, state gathering), one for the readiness check with its completion
+    assert recap["execs"] == 2
     assert engine_pid("pv1", False) == pid
 
 

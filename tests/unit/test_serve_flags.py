@@ -85,3 +85,21 @@ def test_standin_0_32_0_accepts_exactly_the_recorded_flags(tmp_path):
     assert ok.returncode == 0, ok.stderr
     bad = parse("--max-model-length", "5")
     assert bad.returncode == 2 and "unrecognized arguments: --max-model-length" in bad.stderr
+
+
+def test_standin_of_each_recorded_version_accepts_that_versions_negative_switches(tmp_path):
+    """0.32.0 spells a switch off as --no-enable-prefix-caching, 0.33.0 as --disable-prefix-caching: each stand-in
+    takes its own version's spelling and refuses the other's, as the real parsers do."""
+    for version, own, other in (("0.32.0", "--no-enable-prefix-caching", "--disable-prefix-caching"),
+                                ("0.33.0", "--disable-prefix-caching", "--no-enable-prefix-caching")):
+        out = tmp_path / version
+        out.mkdir()
+        build_wheel(version, {f: {"takes_value": v} for f, v in recorded_serve_flags(version).items()}, str(out))
+        with zipfile.ZipFile(out / f"vllm-{version}-py3-none-any.whl") as z:
+            z.extractall(out / "site")
+        code = (f"import sys; sys.path.insert(0, {str(out / 'site')!r}); "
+                "import vllm; print(vllm.parser().parse_args(sys.argv[1:]))")
+        ok = subprocess.run([sys.executable, "-c", code, "m", own], capture_output=True, text=True, timeout=30)
+        bad = subprocess.run([sys.executable, "-c", code, "m", other], capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        assert bad.returncode == 2 and f"unrecognized arguments: {other}" in bad.stderr

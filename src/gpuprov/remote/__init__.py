@@ -3,7 +3,8 @@
 Each ``NAME.py`` here is a stdlib-only program for the host's own ``python3`` (3.8+). ``source(NAME)`` is the
 program as the host gets it: ``_common.py`` (the shared pid, env-file and HTTP helpers) followed by ``NAME.py``.
 ``argv(NAME, *args)`` runs it by sending that source on stdin behind a one-line loader that reads exactly the
-program's bytes, so a program may go on reading stdin after it (the run lock holds its lock until stdin closes).
+program's bytes, so a program may go on reading stdin after it (the session takes requests there, and holds the
+run lock until stdin closes).
 The supervisor and the weights fetcher are installed as files with the same ``source``.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 #: reads exactly N bytes of program from stdin, then runs it with the remaining arguments as sys.argv[1:]
 LOADER = "import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv.pop(1))),'gpuprov-remote','exec'))"
-PROGRAMS = ("probe", "gather", "supervise", "fetch_weights", "status", "poll", "completion", "lock", "wait_for",
+PROGRAMS = ("probe", "gather", "supervise", "fetch_weights", "status", "poll", "completion", "session", "wait_for",
             "engine_health")
 
 

@@ -1,5 +1,7 @@
 # One readiness poll (gpuprov.health.wait_ready): new engine log lines since the last position (journal or the
-# supervisor's log), the service state and the HTTP status of /health. Argument: JSON; prints JSON.
+# supervisor's log), the service state and the HTTP status of /health; once /health answers 200 and the argument
+# asks for it ("complete": {env_file, model, timeout}), the 1-token completion too, in the same exec.
+# Argument: JSON; prints JSON.
 import json
 import subprocess
 
@@ -36,4 +38,7 @@ else:
     out["service"] = {"active": "active" if alive else "inactive", "restarts": st.get("restarts", 0),
                       "last_exit": st.get("last_exit")}
 out["health"] = http_status(a["port"])
+if out["health"] == 200 and a.get("complete"):
+    c = a["complete"]
+    out["completion"] = chat_completion(a["port"], c["env_file"], c["model"], c["timeout"])
 print(json.dumps(out))

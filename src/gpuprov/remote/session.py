@@ -1,0 +1,82 @@
+# gpuprov's session on this host (gpuprov.hostlock.HostSession): one SSH channel that runs gpuprov's host-side
+# programs one after another (the probe, the state gathering) and holds the run lock, so what used to be an exec
+# each is one exec in all. Requests come on stdin, one JSON line each, and are answered by one JSON line + bytes:
+#   {"op": "run", "argv": [...], "stdin": N, "timeout": T} + N bytes  ->  {"rc": R, "out": N1, "err": N2} + bytes
+#   {"op": "lock", "path": P, "owner": O, "work_lock": W or null, "wait": S}  ->  {"lock": "LOCKED" | "BUSY <who>"
+#       | "ORPHANS"}: an exclusive flock on P (writing O, who holds it); with W, wait up to S s for an earlier
+#       run's orphaned commands to let go of the work lock W (they hold it shared).
+# EOF on stdin (the channel closed: the run ended, or died) ends the session, which lets go of the lock.
+import fcntl
+import json
+import signal
+import subprocess
+import time
+
+held = []
+
+
+def take_lock(req):
+    f = open(req["path"], "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        who = f.read().strip() or "?"
+        f.close()
+        return "BUSY " + who
+    f.truncate(0)
+    f.write("%s since %s\n" % (req["owner"], time.strftime("%H:%M:%S")))
+    f.flush()
+    held.append(f)
+    if req.get("work_lock"):
+        w = open(req["work_lock"], "a+")
+        signal.alarm(int(req.get("wait") or 900))
+        try:
+            fcntl.flock(w, fcntl.LOCK_EX)
+        except OSError:
+            return "ORPHANS"
+        finally:
+            signal.alarm(0)
+        fcntl.flock(w, fcntl.LOCK_UN)
+        w.close()
+    return "LOCKED"
+
+
+def run(req, data):
+    try:
+        p = subprocess.run(req["argv"], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=req.get("timeout"))
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        return 124, e.stdout or b"", (e.stderr or b"") + b"\ngpuprov session: timed out\n"
+    except OSError as e:
+        return 127, b"", ("gpuprov session: %s\n" % e).encode()
+
+
+def answer(head, *blobs):
+    sys.stdout.buffer.write((json.dumps(head) + "\n").encode())
+    for b in blobs:
+        sys.stdout.buffer.write(b)
+    sys.stdout.buffer.flush()
+
+
+def on_alarm(signum, frame):
+    raise OSError("timed out waiting for the work lock")
+
+
+signal.signal(signal.SIGALRM, on_alarm)
+inp = sys.stdin.buffer
+while True:
+    line = inp.readline()
+    if not line:
+        break
+    req = json.loads(line)
+    if req["op"] == "lock":
+        answer({"lock": take_lock(req)})
+    elif req["op"] == "run":
+        n = int(req.get("stdin") or 0)
+        data = inp.read(n) if n else b""
+        rc, out, err = run(req, data)
+        answer({"rc": rc, "out": len(out), "err": len(err)}, out, err)
+    else:
+        answer({"error": "unknown op %r" % req["op"]})

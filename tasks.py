@@ -218,7 +218,10 @@ def provision(c, host, model=None, check=False, diff=False, no_verify=False, inv
     results = api.provision(hosts, check=check, diff=diff, verify=not no_verify,
                             on_event=None if json else report.task_event,
                             on_progress=None if json else report.progress_line)
-    (report.provision_json if json else report.provision_human)(results)
+    if json:
+        report.provision_json(results)
+    else:
+        report.provision_human(results, verbose=verbose)
     _finish(results)
 
 
@@ -409,10 +412,11 @@ def teardown(c, host, purge=False, inventory=None, verbose=False):
             "json": "print {\"rows\": [...]} as JSON", "keep": "leave the benchmark hosts up",
             "tools": "comma list of gpuprov,pyinfra,ansible",
             "provision_hosts": "host counts for the provision no-op rows",
+            "first_provision": "also time a first provision with the real engine against the same steps by hand",
             "verbose": VERBOSE_HELP})
 @_errors
 def bench(c, hosts="1,10,50", runs=3, json=False, keep=False, tools="gpuprov,pyinfra,ansible", provision_hosts=None,
-          verbose=False):
+          first_provision=False, verbose=False):
     """No-op runs: gpuprov vs pyinfra vs ansible-core on the same sim hosts, plus provision no-op and tunnel latency."""
     import json as _json
     import os
@@ -423,7 +427,8 @@ def bench(c, hosts="1,10,50", runs=3, json=False, keep=False, tools="gpuprov,pyi
     sizes = [_number(x, "--hosts", 1, 500) for x in str(hosts).split(",") if x]
     prov = ([_number(x, "--provision-hosts", 1, 500) for x in str(provision_hosts).split(",") if x]
             if provision_hosts else None)
-    result = bench_run.main(sizes, _number(runs, "--runs", 1, 100), json, keep, tuple(str(tools).split(",")), prov)
+    result = bench_run.main(sizes, _number(runs, "--runs", 1, 100), json, keep, tuple(str(tools).split(",")), prov,
+                            first_provision)
     if json:
         print(_json.dumps(result))
         return

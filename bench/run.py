@@ -184,6 +184,7 @@ def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
     if bad:
         raise RuntimeError(f"provisioning failed on {bad}")
     walls = []
+    before = sshd_counts(hosts)
     for _ in range(runs):
         t0 = time.perf_counter()
         p = subprocess.run([str(Path(sys.executable).parent / "invoke"), "provision", "--host",
@@ -192,8 +193,10 @@ def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
         walls.append(time.perf_counter() - t0)
         recap = json.loads(p.stdout.strip().splitlines()[-1])["hosts"]
         assert all(v["changed"] == 0 and v.get("ready") for v in recap.values()), recap
+    after = sshd_counts(hosts)
+    execs = sum(after[h.name][1] - before[h.name][1] for h in hosts) / (len(hosts) * runs)
     return {"what": "provision no-op", "hosts": len(hosts), "median_s": round(statistics.median(walls), 3),
-            "min_s": round(min(walls), 3), "max_s": round(max(walls), 3)}
+            "min_s": round(min(walls), 3), "max_s": round(max(walls), 3), "exec_per_host": round(execs, 2)}
 
 
 LAT_SCRIPT = r"""
@@ -237,7 +240,7 @@ def bench_tunnel(host, n: int = 300) -> dict:  # noqa: ANN001
 
 
 def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=("gpuprov", "pyinfra", "ansible"),
-         provision_sizes: list[int] | None = None) -> dict:
+         provision_sizes: list[int] | None = None, first_provision: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="gpuprov-bench-"))
     result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "kernel": platform.release()}, "rows": [], "extra": []}
@@ -258,6 +261,10 @@ def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=(
             result["extra"].append(bench_provision(hosts[:n], runs))
         log("tunnel latency")
         result["extra"].append(bench_tunnel(hosts[0]))
+        if first_provision:
+            from first_provision import bench_first_provision
+
+            result["extra"].append(bench_first_provision())
         result["ratios"] = ratios(result["rows"])
     finally:
         if lab is not None and not keep:

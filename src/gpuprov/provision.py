@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class ProvisionResult:
     refused: str | None = None
     #: the new configuration failed and the last verified one was put back and answers again
     rolled_back: bool | None = None
+    #: seconds per phase (connect, probe, bootstrap, engine install, kernels, weights, engine start, verify)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,26 @@ class ProvisionResult:
         if self.recap.exit_code != EXIT_OK:
             return self.recap.exit_code
         return EXIT_OK if self.readiness is None or self.readiness.ready else EXIT_FAILED
+
+
+#: the playbook's tasks by phase (name prefixes, first match wins); the rest configure and start the engine
+PHASE_OF_TASK = (("weights fetcher", "weights"), ("start the weights download", "weights"),
+                 ("weights downloaded", "weights"), ("engine venv", "engine install"), ("vLLM ", "engine install"),
+                 ("vllm download-kernels", "kernels"), ("engine launcher", "engine start"),
+                 ("systemd unit", "engine start"), ("unit is valid", "engine start"),
+                 ("record the verified unit", "engine start"), ("supervisor", "engine start"),
+                 ("engine running", "engine start"), ("restart vllm", "engine start"),
+                 ("record what is installed", "engine start"))
+PHASES = ("connect", "probe", "bootstrap", "engine install", "kernels", "weights", "engine start", "verify")
+
+
+def task_phases(recap: HostRecap) -> dict[str, float]:
+    """The play's time by phase (everything before the engine venv that is not the weights is bootstrap)."""
+    out: dict[str, float] = {}
+    for r in recap.results:
+        phase = next((ph for prefix, ph in PHASE_OF_TASK if r.task.startswith(prefix)), "bootstrap")
+        out[phase] = out.get(phase, 0.0) + r.duration_s
+    return out
 
 
 def plan_for(host: Host, facts: Facts) -> Plan:
@@ -164,8 +187,10 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
                    on_event: Callable | None = None, on_progress: Callable[[str, str], None] | None = None,
                    ready_timeout: float = 1800) -> ProvisionResult:
     with HostSession(runner) as session:  # one exec: the probe, the run lock and the state gathering
+        t0 = time.monotonic()
         facts = run_probe(session, check_sftp=False)
         plan = plan_for(host, facts)
+        probe_s = time.monotonic() - t0
         if not plan.ok:
             return ProvisionResult(host.name, plan, refused=plan.reason)
         refusal = gated_refusal(host, plan) or disk_refusal(facts, plan)
@@ -176,8 +201,10 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
         owner = f"provision by {getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
         work_lock = lay.work_lock if facts.tools.get("flock") else None
         session.lock(lay.lock, owner, wait=float(host.var("lock_wait", 0) or 0), work_lock=work_lock)
-        return _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,
-                           work_lock, session)
+        result = _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress,
+                             ready_timeout, work_lock, session)
+        result.phases = {"probe": round(probe_s, 3), **result.phases}
+        return result
 
 
 def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,  # noqa: ANN001, ANN202
@@ -202,6 +229,10 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
             on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)
 
     result.readiness = wait()
+    result.phases = {k: round(v, 3) for k, v in task_phases(recap).items()}
+    comp_s = ((result.readiness.completion or {}).get("ms") or 0) / 1000
+    result.phases["engine start"] = round(result.phases.get("engine start", 0) + result.readiness.seconds - comp_s, 3)
+    result.phases["verify"] = round(comp_s, 3)
     if result.readiness.ready:
         if recap.changed or not facts.installed.get(gp["root"], {}).get("_good"):
             _keep_as_good(runner, gp)  # this configuration is proven: the one to return to
@@ -236,9 +267,13 @@ def _restore_good(runner: Any, gp: dict) -> bool:
 
 def provision(hosts: Sequence[Host], **kw: Any) -> list[ProvisionResult]:
     def one(h: Host) -> ProvisionResult:
+        t0 = time.monotonic()
         runner = open_runner(h, known_hosts())
+        connect_s = time.monotonic() - t0
         try:
-            return provision_host(h, runner, **kw)
+            result = provision_host(h, runner, **kw)
+            result.phases = {"connect": round(connect_s, 3), **result.phases}
+            return result
         finally:
             runner.close()
 

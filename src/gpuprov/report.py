@@ -331,7 +331,12 @@ def progress_line(host: str, text: str) -> None:
     out.print(f"{host}: {text}", markup=False, highlight=False)
 
 
-def provision_human(results) -> None:  # noqa: ANN001
+def phases_line(phases: dict) -> str:
+    """``connect 0.02 s · probe 0.11 s · ...`` in the order they happen."""
+    return " · ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+
+
+def provision_human(results, verbose: bool = False) -> None:  # noqa: ANN001
     recaps = [r.recap for r in results if r.recap]
     for r in results:
         if r.refused:
@@ -351,6 +356,8 @@ def provision_human(results) -> None:  # noqa: ANN001
                       f"(model {esc(c.get('model'))}); "
                       f"endpoint http://{esc(r.plan.engine_host)}:{r.plan.engine_port}/v1 "
                       f"on the host — `invoke tunnel --host {esc(r.host)}` to reach it")
+            if verbose and r.phases:
+                out.print(f"  phases: {phases_line(r.phases)}", markup=False)
         else:
             error(f"{r.host}: {rd.error}")
             if rd.diagnosis:
@@ -377,6 +384,8 @@ def provision_json(results) -> None:  # noqa: ANN001
                 d["diagnosis"] = r.readiness.diagnosis
         if r.rolled_back is not None:
             d["rolled_back"] = r.rolled_back
+        if r.phases:
+            d["phases"] = r.phases
         hosts[r.host] = d
     json_line({"hosts": hosts})
 
@@ -446,4 +455,10 @@ def bench_human(result: dict) -> None:
     for r in result.get("ratios", []):
         out.print(f"gpuprov / {r['vs']} at {r['hosts']} hosts: {r['ratio']:.3f}×", markup=False)
     for e in result.get("extra", []):
-        out.print(json.dumps(e), markup=False)
+        if e.get("what") == "first provision" and "ratio" in e:
+            out.print(f"first provision (real engine): gpuprov {e['gpuprov_s']:.1f} s, by hand {e['by_hand_s']:.1f} s "
+                      f"→ {e['ratio']:.2f}×", markup=False)
+            out.print(f"  gpuprov: {phases_line(e['phases'])}", markup=False)
+            out.print(f"  by hand: {phases_line(e['by_hand_phases'])}", markup=False)
+        else:
+            out.print(json.dumps(e), markup=False)

@@ -17,11 +17,11 @@ import yaml
 from ..compat import matrix
 from ..errors import LabError
 from ..models import catalog
+from ..provision import BOOTSTRAP_PINS  # the lab serves what provisioning bootstraps with
 from ..serve_flags import known_serve_flags, recorded_serve_flags
 from .cache import WHEEL_CACHE
 from .standin_vllm import build_wheel
 
-BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
 SHARD_BYTES = 3 * 1024 * 1024
 DEMO_MODELS = ("openai/gpt-oss-20b", "openai/gpt-oss-120b", "meta-llama/Llama-3.2-3B-Instruct", "Qwen/Qwen3-8B")
 

@@ -1,0 +1,59 @@
+"""The session (hostlock.HostSession): one channel that runs gpuprov's host-side programs and holds the run lock.
+Here the channel is a real local process (LocalRunner): the real session program, real flock."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuprov import remote
+from gpuprov.connection import LocalRunner
+from gpuprov.errors import ConnectError, HostBusy
+from gpuprov.executor import gather
+from gpuprov.hostlock import HostLock, HostSession
+from gpuprov.inventory import Host
+from gpuprov.probe import run_probe
+
+
+def local() -> LocalRunner:
+    return LocalRunner(Host(name="me", address="local"))
+
+
+def test_probe_lock_and_gather_cost_one_exec(tmp_path):
+    f = tmp_path / "unit.txt"
+    f.write_text("x\n")
+    r = local()
+    with HostSession(r) as s:
+        facts = run_probe(s, check_sftp=False)
+        s.lock(str(tmp_path / "run.lock"), "test run")
+        state = gather(s, [{"kind": "stat", "path": str(f)}, {"kind": "stat", "path": str(tmp_path / "none")}])
+        assert r.exec_count == 1 and s.exec_count == 1
+    assert facts.arch and facts.pythons
+    assert state[0]["exists"] and not state[1]["exists"]
+
+
+def test_programs_get_their_stdin_exit_status_and_both_streams(tmp_path):
+    with HostSession(local()) as s:
+        res = s.run(["sh", "-c", "cat; echo err >&2; exit 3"], stdin=b"a\x00b" * 50_000, timeout=30)
+        assert (res.exit_status, res.stdout, res.stderr) == (3, "a\x00b" * 50_000, "err\n")
+        res = remote.run(s, "completion", '{"port": 9, "env_file": "/nonexistent", "model": "m", "timeout": 1}',
+                         timeout=30)
+        assert res.ok and '"ok": false' in res.stdout
+        slow = s.run(["sleep", "5"], timeout=1)
+        assert slow.exit_status == 124 and "timed out" in slow.stderr
+        assert s.run(["true"], timeout=5).ok  # the session goes on after a timed-out program
+
+
+def test_the_lock_is_exclusive_and_released_when_the_session_ends(tmp_path):
+    path = str(tmp_path / "run.lock")
+    with HostLock(local(), path, "first run"):
+        with pytest.raises(HostBusy, match=r"another gpuprov run holds the host lock \(first run since"):
+            HostLock(local(), path, "second run").__enter__()
+    with HostLock(local(), path, "third run"):
+        pass
+
+
+def test_a_closed_session_says_so():
+    s = HostSession(local()).open()
+    s.close()
+    with pytest.raises(ConnectError, match="the gpuprov session is closed"):
+        s.run(["true"], timeout=5)

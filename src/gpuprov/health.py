@@ -133,21 +133,24 @@ class Readiness:
 
 
 COMPLETION_TIMEOUT_S = 120
+POLL_WAIT_S = 3.0
 
 
 def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, port: int, env_file: str,
                model: str, timeout: float = 1800, on_progress: Callable[[str], None] | None = None,
-               poll_s: float = 0.5) -> Readiness:
+               poll_s: float = 0.2) -> Readiness:
     args = {"manager": manager, "unit": unit, "log": log, "pidfile": pidfile, "port": port, "pos": None,
             "since": time.time() - 5,
             # an engine that is already up is proven in this same exec (a re-provision: one exec to verify)
-            "complete": {"env_file": env_file, "model": model, "timeout": COMPLETION_TIMEOUT_S}}
+            "complete": {"env_file": env_file, "model": model, "timeout": COMPLETION_TIMEOUT_S},
+            # while it starts, the host watches for up to this long per exec (remote/poll.py)
+            "wait": POLL_WAIT_S}
     prog = Progress()
     deadline = time.monotonic() + timeout
     seen_restarts = None
     last = ""
     while time.monotonic() < deadline:
-        res = remote.run(runner, "poll", json.dumps(args), timeout=30 + COMPLETION_TIMEOUT_S)
+        res = remote.run(runner, "poll", json.dumps(args), timeout=30 + POLL_WAIT_S + COMPLETION_TIMEOUT_S)
         if res.exit_status != 0:
             return Readiness(False, time.monotonic() - prog.started, error=f"poll failed: {res.stderr.strip()[-300:]}")
         try:

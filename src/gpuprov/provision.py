@@ -134,7 +134,9 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
         env["HF_ENDPOINT"] = str(host.var("hf_endpoint"))
     hf_token = os.environ.get("HF_TOKEN") or None
     api_key = api_key_for(host, plan)
-    uv_env = {"UV_CACHE_DIR": lay.uv_cache, "UV_LINK_MODE": "copy"}
+    # the uv cache and the venvs live under the same install root, so uv hardlinks files out of its cache (its
+    # default on Linux; it copies by itself across file systems): copying a 1 GB engine venv tripled the install
+    uv_env = {"UV_CACHE_DIR": lay.uv_cache}
     if not plan.python_managed:
         uv_env["UV_PYTHON_DOWNLOADS"] = "never"
     state = {"model": plan.model, "vllm_version": plan.vllm_version, "cuda_variant": plan.cuda_variant,

@@ -57,3 +57,58 @@ def test_a_closed_session_says_so():
     s.close()
     with pytest.raises(ConnectError, match="the gpuprov session is closed"):
         s.run(["true"], timeout=5)
+
+
+def test_the_readiness_poll_watches_on_the_host_and_answers_once_health_is_up(tmp_path):
+    """One poll exec with "wait": it returns when /health turns 200 (here after ~1 s), with the log lines written
+    meanwhile and the completion made in the same exec; nothing else was executed."""
+    import json
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    up = threading.Event()
+
+    class Engine(BaseHTTPRequestHandler):
+        def log_message(self, *a):  # noqa: ANN002
+            pass
+
+        def _send(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            self._send(200 if up.is_set() else 503, b"")
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send(200, json.dumps({"model": "m", "choices": [{"message": {"content": "OK"},
+                                                                    "finish_reason": "length"}]}).encode())
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    log, pidfile = tmp_path / "vllm.log", tmp_path / "vllm.pid"
+    log.write_text("loading\n")
+    pidfile.write_text(str(os.getpid()))  # a live process: the "engine" is running
+
+    def later():
+        with open(log, "a") as f:
+            f.write("Application startup complete.\n")
+        up.set()
+
+    threading.Timer(1.0, later).start()
+    r = local()
+    args = {"manager": "supervisor", "unit": "u", "log": str(log), "pidfile": str(pidfile),
+            "port": srv.server_address[1], "pos": None, "since": 0, "wait": 10,
+            "complete": {"env_file": str(tmp_path / "none.env"), "model": "m", "timeout": 5}}
+    try:
+        res = remote.run(r, "poll", json.dumps(args), timeout=30)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    d = json.loads(res.stdout)
+    assert r.exec_count == 1 and d["health"] == 200
+    assert d["lines"] == ["loading", "Application startup complete."]
+    assert d["completion"]["ok"] and d["completion"]["content"] == "OK"

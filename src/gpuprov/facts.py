@@ -520,15 +520,16 @@ def _nvml_error(text: str) -> str:
     return f"NVML: {text.strip()[:200]}"
 
 
-def disagreement(nvml: GpuReport, smi: GpuReport) -> str | None:
-    """What NVML and nvidia-smi say differently about the same driver and GPUs (None when they agree)."""
+def disagreement(nvml: GpuReport, smi: GpuReport, compare_cc: bool = True) -> str | None:
+    """What NVML and nvidia-smi say differently about the same driver and GPUs (None when they agree);
+    ``compare_cc``: nvidia-smi was asked for the compute capabilities (not only the name table's guess)."""
     diffs = []
     if nvml.driver_version != smi.driver_version:
         diffs.append(f"driver {nvml.driver_version} (NVML) vs {smi.driver_version} (nvidia-smi)")
     if len(nvml.gpus) != len(smi.gpus):
         diffs.append(f"{len(nvml.gpus)} GPU(s) (NVML) vs {len(smi.gpus)} (nvidia-smi)")
     for a, b in zip(nvml.gpus, smi.gpus, strict=False):  # a count difference is reported above
-        for what in ("name", "uuid", "compute_capability"):
+        for what in ("name", "uuid", "compute_capability")[:3 if compare_cc else 2]:
             x, y = getattr(a, what), getattr(b, what)
             if x and y and x != y:
                 diffs.append(f"GPU {a.index} {what} {x} (NVML) vs {y} (nvidia-smi)")
@@ -560,7 +561,8 @@ def gpu_report_from_probe(raw: Mapping[str, Any]) -> GpuReport:
     if nv.get("available") and not nv.get("error") and nv.get("gpus") is not None:
         rep = parse_nvml(nv)
         if rep.gpus:
-            other = disagreement(rep, smi) if smi is not None and smi.error is None else None
+            asked_cc = "compute_cap" in (raw.get("nvidia_smi") or {})
+            other = disagreement(rep, smi, asked_cc) if smi is not None and smi.error is None else None
             return GpuReport(rep.source, rep.driver_version, rep.cuda_driver_version, rep.gpus, None, other)
         nvml_note = "NVML reports no GPUs"
     elif nv.get("error") and nv.get("available"):

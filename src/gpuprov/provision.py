@@ -7,6 +7,7 @@ from the plan, the facts and the host's vars, and runs the play with the executo
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -212,8 +213,7 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
 def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on_progress, ready_timeout,  # noqa: ANN001, ANN202
                 work_lock=None, session=None):
     path = playbook_path()
-    plays = load_playbook(path)
-    templar = Templar(template_dirs(path))
+    plays, templar = _playbook(str(path), path.stat().st_mtime_ns)
     opts = RunOptions(check=check, diff=diff, on_event=on_event, on_progress=on_progress)
     extra = {"plan": plan.to_json(), "facts": facts.to_json(), "gp": gp}
     recap = None
@@ -248,6 +248,13 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
             result.rolled_back = False
     recap.execs = getattr(runner, "exec_count", 0)
     return result
+
+
+@functools.lru_cache(maxsize=4)
+def _playbook(path: str, mtime_ns: int) -> tuple[list[Any], Templar]:
+    """The provisioning playbook, parsed once, and one Templar for all hosts of a run (templates and expressions
+    compile once; rendering is per host), as ``invoke play`` does."""
+    return load_playbook(path), Templar(template_dirs(Path(path)))
 
 
 def _good_files(gp: dict) -> list[str]:

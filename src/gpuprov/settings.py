@@ -79,7 +79,8 @@ def defaults(env: Mapping[str, str] | None = None) -> dict[str, Var]:
     """Built-in defaults, then the seed environment on top."""
     from importlib import resources
 
-    data = yaml.safe_load(resources.files("gpuprov").joinpath("data/defaults.yml").read_text()) or {}
+    text = resources.files("gpuprov").joinpath("data/defaults.yml").read_text()
+    data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}  # noqa: S506
     out = {k: Var(v, "built-in default") for k, v in data.items()}
     env = os.environ if env is None else env
     for name, var in SEED_ENV.items():

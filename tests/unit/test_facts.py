@@ -181,6 +181,18 @@ def test_nvml_is_used_and_a_disagreement_with_nvidia_smi_is_reported():
     assert f.source == "nvml" and "driver 575.51.03 (NVML) vs 570.124.04 (nvidia-smi)" in f.gpu_disagreement
 
 
+def test_compute_capability_is_compared_only_when_nvidia_smi_was_asked_for_it():
+    """With NVML's compute capabilities in hand the probe does not ask nvidia-smi for them; the name table's guess
+    is then no evidence of a disagreement. When nvidia-smi was asked, a different answer is one."""
+    xml = (SMI_DATA / "xml/rtx-3060_driver-570.124.04.xml").read_text()
+    odd = dict(NVML_OK, gpus=[dict(NVML_OK["gpus"][0], compute_capability=[8, 9])])
+    quiet = facts_from_probe("h", {"nvml": odd, "nvidia_smi": {"present": True, "xml": {"rc": 0, "out": xml}}})
+    assert quiet.gpu_disagreement is None and quiet.gpus[0].compute_capability == "8.9"
+    asked = facts_from_probe("h", {"nvml": odd, "nvidia_smi": {"present": True, "xml": {"rc": 0, "out": xml},
+                                                               "compute_cap": {"rc": 0, "out": "0, 8.6\n"}}})
+    assert "GPU 0 compute_capability 8.9 (NVML) vs 8.6 (nvidia-smi)" in asked.gpu_disagreement
+
+
 def test_a_missing_nvml_library_defers_to_nvidia_smi():
     xml = (SMI_DATA / "xml/rtx-3060_driver-570.124.04.xml").read_text()
     f = facts_from_probe("h", {"nvml": {"available": True, "error": "NVML Shared Library Not Found"},

@@ -174,7 +174,11 @@ def smi():
     if not exe:
         return {"present": False}
     res = {"present": True, "path": exe, "xml": run([exe, "-q", "-x"])}
-    if res["xml"]["rc"] == 0:
+    nv = OUT.get("nvml") or {}
+    nvml_has_cc = bool(nv.get("gpus")) and all("compute_capability" in g for g in nv["gpus"])
+    # the compute capabilities are asked of nvidia-smi only where NVML could not give them (one process less
+    # per probe; on a many-GPU host nvidia-smi takes a good fraction of a second)
+    if res["xml"]["rc"] == 0 and not nvml_has_cc:
         res["compute_cap"] = run([exe, "--query-gpu=index,compute_cap", "--format=csv,noheader"])
     return res
 

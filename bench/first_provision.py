@@ -115,7 +115,8 @@ def bench_first_provision() -> dict:
         return {"what": "first provision", "engine": "real", "skipped": why}
     names = ("fph", "fpg")  # by hand, gpuprov
     for n in names:
-        lab_control.sim_down(n) if n in lab_control.sim_lab().hosts() else None
+        if n in lab_control.sim_lab().hosts():
+            lab_control.sim_down(n)  # a host left by an interrupted run
         lab_control.sim_up(n, gpu=real_engine.PERSONA, engine="real")
     try:
         services = lab_control.sim_lab().services_url

@@ -166,7 +166,7 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
             seen_restarts = svc.get("restarts", 0)
         if d.get("health") == 200:
             prog.phase = "ready"
-            comp = d.get("completion") or completion(runner, port, env_file, model)
+            comp = d.get("completion") or {"ok": False, "error": "the readiness poll made no completion"}
             if on_progress:
                 on_progress(prog.render())
             if comp.get("ok"):
@@ -185,14 +185,3 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
         time.sleep(poll_s)
     return Readiness(False, timeout, error=f"not ready after {timeout:g} s", diagnosis=diagnose(prog.lines),
                      last_lines=prog.lines[-20:])
-
-
-def completion(runner: Any, port: int, env_file: str, model: str,
-               timeout: float = COMPLETION_TIMEOUT_S) -> dict:
-    res = remote.run(runner, "completion",
-                     json.dumps({"port": port, "env_file": env_file, "model": model, "timeout": timeout}),
-                     timeout=timeout + 10)
-    try:
-        return json.loads(res.stdout)
-    except ValueError:
-        return {"ok": False, "error": res.stderr.strip()[-300:]}

@@ -24,7 +24,7 @@ from . import remote
 from .connection import DEFAULT_TIMEOUT, Result
 from .errors import ConnectError, HostBusy
 
-__all__ = ["HostBusy", "HostLock", "HostSession"]
+__all__ = ["HostBusy", "HostSession"]
 
 
 class HostSession:
@@ -63,10 +63,10 @@ class HostSession:
         """``n`` bytes, or (``n`` None) one line, from the session's output."""
         while (len(self.buf) < n) if n is not None else (b"\n" not in self.buf):
             data = self.stream.recv(1 << 16, max(0.1, until - time.monotonic()))
-            if data is None or not data or time.monotonic() > until:
+            if not data or time.monotonic() > until:  # None: no answer in time; b"": the session ended
                 self.close()
                 raise ConnectError(f"{self.host.name}: the gpuprov session " +
-                                   ("stopped answering" if data is None else "ended") +
+                                   ("ended" if data == b"" else "stopped answering") +
                                    (f" (it said: {self.buf.decode(errors='replace').strip()[-200:]})"
                                     if self.buf.strip() else ""))
             self.buf += data
@@ -119,25 +119,3 @@ class HostSession:
                 raise HostBusy(f"{self.host.name}: another gpuprov run holds the host lock ({text[5:]}); "
                                "wait for it to finish (it is released when that run ends, even if it dies)")
             time.sleep(1.0)
-
-
-class HostLock:
-    """``with HostLock(runner, path, owner): ...``: a session that only holds the run lock."""
-
-    def __init__(self, runner: Any, path: str, owner: str, wait: float = 0.0, work_lock: str | None = None,
-                 orphan_timeout: float = 900):
-        self.session = HostSession(runner)
-        self.args = (path, owner)
-        self.kw: dict[str, Any] = {"wait": wait, "work_lock": work_lock, "orphan_timeout": orphan_timeout}
-
-    def __enter__(self) -> HostSession:
-        self.session.open()
-        try:
-            self.session.lock(*self.args, **self.kw)
-        except BaseException:
-            self.session.close()
-            raise
-        return self.session
-
-    def __exit__(self, *exc: object) -> None:
-        self.session.close()

@@ -491,12 +491,13 @@ def _ways_out(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any, targ
             if util:
                 ways.append(f"gpu_memory_utilization={util:g} (fits {want} tokens on the same GPUs)")
                 break
-    if ev.kv_cache_dtype == "auto" and fit(kv="fp8") > max(best.max_len_that_fits, 0):
-        ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fit(kv='fp8'))} tokens)")
-    more = next((t for t in tp_candidates(model, 16) if t > len(gpus) and fit(tp=t) >= target), None)
+    fp8 = fit(kv="fp8") if ev.kv_cache_dtype == "auto" else 0
+    if fp8 > max(best.max_len_that_fits, 0):
+        ways.append(f"kv_cache_dtype=fp8 (halves the KV cache: up to {round_len(fp8)} tokens)")
+    more = next(((t, n) for t in tp_candidates(model, 16) if t > len(gpus) and (n := fit(tp=t)) >= target), None)
     if more:
-        ways.append(f"{more} GPUs like these (tensor parallel {more}: up to "
-                    f"{round_len(min(fit(tp=more), model.max_position_embeddings))} tokens)")
+        ways.append(f"{more[0]} GPUs like these (tensor parallel {more[0]}: up to "
+                    f"{round_len(min(more[1], model.max_position_embeddings))} tokens)")
     smaller = sorted((m for m in catalog().values() if m.weight_gib < model.weight_gib and m.name != model.name
                       and (cc is None or not m.min_compute_capability or vtuple(cc) >= vtuple(m.min_compute_capability))
                       and max(fit(m, tp) for tp in tp_candidates(m, len(gpus))) >= min(target, 32768)),

@@ -73,7 +73,6 @@ PHASE_OF_TASK = (("weights fetcher", "weights"), ("start the weights download", 
                  ("record the verified unit", "engine start"), ("supervisor", "engine start"),
                  ("engine running", "engine start"), ("restart vllm", "engine start"),
                  ("record what is installed", "engine start"))
-PHASES = ("connect", "probe", "bootstrap", "engine install", "kernels", "weights", "engine start", "verify")
 
 
 def task_phases(recap: HostRecap) -> dict[str, float]:

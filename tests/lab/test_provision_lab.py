@@ -387,12 +387,13 @@ def test_two_runs_on_one_host_the_second_is_refused(sim):
     """A run holds an exclusive lock on the host; a second run is refused with who holds it; a dead run's
     lock is released with its connection."""
     from gpuprov.connection import SSHRunner
-    from gpuprov.hostlock import HostBusy, HostLock
+    from gpuprov.hostlock import HostBusy, HostSession
 
     sim.up("pv4", gpu=A5000)
     holder = SSHRunner(api.select_hosts("pv4")[0], api.known_hosts()).connect()
     try:
-        with HostLock(holder, "/opt/.gpuprov.lock", "a test holding the lock"):
+        with HostSession(holder) as held:
+            held.lock("/opt/.gpuprov.lock", "a test holding the lock")
             p = provision(sim, "pv4", "--json")
             assert p.returncode == 4  # busy
             recap = json.loads(p.stdout.splitlines()[-1])["hosts"]["pv4"]
@@ -400,8 +401,8 @@ def test_two_runs_on_one_host_the_second_is_refused(sim):
             assert remote("pv4", "sh", "-c", "test -e /opt/gpuprov && echo yes || echo no").strip() == "no"
             other = SSHRunner(api.select_hosts("pv4")[0], api.known_hosts()).connect()
             try:
-                with pytest.raises(HostBusy):
-                    HostLock(other, "/opt/.gpuprov.lock", "second").__enter__()
+                with pytest.raises(HostBusy), HostSession(other) as second:
+                    second.lock("/opt/.gpuprov.lock", "second")
             finally:
                 other.close()
     finally:

@@ -11,7 +11,7 @@ from gpuprov import health
 from gpuprov.connection import LocalRunner
 from gpuprov.errors import HostBusy, RemoteError
 from gpuprov.executor import HostRun, RunOptions, apply_one, service_op
-from gpuprov.hostlock import HostLock
+from gpuprov.hostlock import HostSession
 from gpuprov.inventory import Host, Var
 from gpuprov.layout import HostLayout
 from gpuprov.playbook import Templar, load_playbook
@@ -123,20 +123,21 @@ def test_check_mode_runs_nothing(tmp_path):
     assert r.commands() == [] and recap.failed == 0
 
 
-def _poll(lines, health_code, service):
-    return json.dumps({"pos": 10, "lines": lines, "service": service, "health": health_code})
+def _poll(lines, health_code, service, completion=None):
+    d = {"pos": 10, "lines": lines, "service": service, "health": health_code}
+    return json.dumps(d if completion is None else {**d, "completion": completion})
 
 
 def test_wait_ready_follows_the_phases_then_proves_readiness_with_a_completion():
     polls = iter([_poll(["(EngineCore pid=7) INFO Loading weights took 1.0 seconds"], None, {"active": "active"}),
-                  _poll(["INFO Application startup complete."], 200, {"active": "active"})])
+                  _poll(["INFO Application startup complete."], 200, {"active": "active"},
+                        {"ok": True, "ms": 12, "model": "m"})])
     seen = []
 
     def handler(call: Call):
         if call.program == "poll":
+            assert json.loads(call.args[0])["complete"] == {"env_file": "/e", "model": "m", "timeout": 120}
             return next(polls)
-        if call.program == "completion":
-            return json.dumps({"ok": True, "ms": 12, "model": "m"})
         raise AssertionError(call.line)
 
     rd = health.wait_ready(FakeRunner(handler), manager="supervisor", unit="u", log="/l", pidfile="/p", port=8000,
@@ -176,22 +177,27 @@ def test_read_status_searches_the_custom_install_root_first():
 
 def test_host_lock_answers():
     r = FakeRunner(lambda c: "LOCKED\n")
-    with HostLock(r, "/opt/.gpuprov.lock", "me"):
+    with HostSession(r) as s:
+        s.lock("/opt/.gpuprov.lock", "me")
         assert not r.streams[0].closed
     assert r.streams[0].closed  # released on exit
-    with pytest.raises(HostBusy, match=r"holds the host lock \(provision by someone since 10:00\)"):
-        HostLock(FakeRunner(lambda c: "BUSY provision by someone since 10:00\n"), "/l", "me").__enter__()
+    busy = FakeRunner(lambda c: "BUSY provision by someone since 10:00\n")
+    with pytest.raises(HostBusy, match=r"holds the host lock \(provision by someone since 10:00\)"), \
+            HostSession(busy) as s:
+        s.lock("/l", "me")
 
 
 def test_host_lock_on_the_local_runner_is_real(tmp_path):
     """--host local: the lock is a real flock held by a local process (no SSH transport needed)."""
     me = LocalRunner(Host(name="me", address="local"))
     path = str(tmp_path / "gpuprov.lock")
-    with HostLock(me, path, "first run", work_lock=str(tmp_path / "work.lock"), orphan_timeout=5):
-        with pytest.raises(HostBusy, match="first run"):
-            HostLock(LocalRunner(Host(name="me", address="local")), path, "second run").__enter__()
-    with HostLock(me, path, "third run"):
-        pass
+    with HostSession(me) as s:
+        s.lock(path, "first run", work_lock=str(tmp_path / "work.lock"), orphan_timeout=5)
+        second = LocalRunner(Host(name="me", address="local"))
+        with pytest.raises(HostBusy, match="first run"), HostSession(second) as t:
+            t.lock(path, "second run")
+    with HostSession(me) as s:
+        s.lock(path, "third run")
 
 
 def _provision_with(tmp_path, monkeypatch, restore_rc: int, readiness: list[bool]):

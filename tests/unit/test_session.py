@@ -3,13 +3,15 @@ Here the channel is a real local process (LocalRunner): the real session program
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gpuprov import remote
 from gpuprov.connection import LocalRunner
-from gpuprov.errors import ConnectError, HostBusy
+from gpuprov.errors import ConnectError
 from gpuprov.executor import gather
-from gpuprov.hostlock import HostLock, HostSession
+from gpuprov.hostlock import HostSession
 from gpuprov.inventory import Host
 from gpuprov.probe import run_probe
 
@@ -35,21 +37,13 @@ def test_programs_get_their_stdin_exit_status_and_both_streams(tmp_path):
     with HostSession(local()) as s:
         res = s.run(["sh", "-c", "cat; echo err >&2; exit 3"], stdin=b"a\x00b" * 50_000, timeout=30)
         assert (res.exit_status, res.stdout, res.stderr) == (3, "a\x00b" * 50_000, "err\n")
-        res = remote.run(s, "completion", '{"port": 9, "env_file": "/nonexistent", "model": "m", "timeout": 1}',
-                         timeout=30)
-        assert res.ok and '"ok": false' in res.stdout
+        args = {"manager": "supervisor", "unit": "u", "log": str(tmp_path / "none.log"), "pidfile": str(tmp_path / "p"),
+                "port": 9, "pos": None, "since": 0}
+        res = remote.run(s, "poll", json.dumps(args), timeout=30)  # a remote program, through the session
+        assert res.ok and json.loads(res.stdout)["health"] is None
         slow = s.run(["sleep", "5"], timeout=1)
         assert slow.exit_status == 124 and "timed out" in slow.stderr
         assert s.run(["true"], timeout=5).ok  # the session goes on after a timed-out program
-
-
-def test_the_lock_is_exclusive_and_released_when_the_session_ends(tmp_path):
-    path = str(tmp_path / "run.lock")
-    with HostLock(local(), path, "first run"):
-        with pytest.raises(HostBusy, match=r"another gpuprov run holds the host lock \(first run since"):
-            HostLock(local(), path, "second run").__enter__()
-    with HostLock(local(), path, "third run"):
-        pass
 
 
 def test_a_closed_session_says_so():
@@ -62,7 +56,6 @@ def test_a_closed_session_says_so():
 def test_the_readiness_poll_watches_on_the_host_and_answers_once_health_is_up(tmp_path):
     """One poll exec with "wait": it returns when /health turns 200 (here after ~1 s), with the log lines written
     meanwhile and the completion made in the same exec; nothing else was executed."""
-    import json
     import os
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -92,28 +92,3 @@ def http_status(port, path="/health", timeout=3):
 
 
 # ---------------------------------------------------------------------------------------------- the program
-
-
-def chat_completion(port, env_file, model, timeout):
-    """A 1-token chat completion against the engine on this host: {ok, ms, model, content, finish_reason} or
-    {ok: False, error}. The API key comes from the 0600 env file."""
-    import json
-    import time
-    import urllib.request
-
-    key = read_env(env_file).get("VLLM_API_KEY")
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say OK."}],
-                       "max_tokens": 1}).encode()
-    req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port, data=body,
-                                 headers={"Content-Type": "application/json"})
-    if key:
-        req.add_header("Authorization", "Bearer " + key)
-    t = time.monotonic()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            d = json.loads(r.read())
-        return {"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
-                "content": d["choices"][0]["message"].get("content"),
-                "finish_reason": d["choices"][0].get("finish_reason")}
-    except Exception as e:
-        return {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}

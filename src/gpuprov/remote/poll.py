@@ -7,6 +7,29 @@
 import json
 import subprocess
 import time
+import urllib.request
+
+
+def chat_completion(port, env_file, model, timeout):
+    """The proof of readiness: a real 1-token chat completion made on the host itself (the engine binds
+    127.0.0.1): {ok, ms, model, content, finish_reason} or {ok: False, error}. The API key is read here from the
+    0600 env file, never from argv."""
+    key = read_env(env_file).get("VLLM_API_KEY")
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say OK."}],
+                       "max_tokens": 1}).encode()
+    req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port, data=body,
+                                 headers={"Content-Type": "application/json"})
+    if key:
+        req.add_header("Authorization", "Bearer " + key)
+    t = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            d = json.loads(r.read())
+        return {"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
+                "content": d["choices"][0]["message"].get("content"),
+                "finish_reason": d["choices"][0].get("finish_reason")}
+    except Exception as e:
+        return {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
 
 
 def snapshot(a):

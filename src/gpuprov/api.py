@@ -22,10 +22,11 @@ from .health import wait_ready
 from .inventory import Host, Inventory, parse_extra_vars
 from .layout import HostLayout
 from .plan import Plan, engine_vars, fit_catalog
-from .playbook import Templar, load_playbook
+from .playbook import load_playbook
 from .probe import read_facts_file, run_probe
 from .provision import plan_for, provision
 from .status import read_status
+from .templating import Templar
 from .tunnel import Tunnel, pick_port
 
 __all__ = ["HostOutcome", "api_key_path", "control", "forget_host", "known_hosts", "load_inventory", "open_tunnel",

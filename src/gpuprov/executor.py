@@ -1,8 +1,10 @@
-"""Run plays on hosts with Ansible semantics: check/diff, handlers, register/when, per-host isolation, recap.
+"""Run plays on hosts with Ansible's semantics: variable precedence, loops, blocks with rescue/always, includes,
+roles, handlers, register/when/changed_when/failed_when/until, ignore_errors, check/diff, per-host isolation.
 
 One SSH connection per host (each in its own worker thread). Before the first task, the state every task of
 the play needs is gathered in ONE remote exec (``remote/gather.py``); a no-op run therefore costs one round trip
-per host. Once a task has changed something, later tasks re-read their own state right before deciding.
+per host. A task whose arguments render differently when its turn comes (a ``set_fact`` or a registered result
+changed them), or any task after something changed, reads its own state again right before deciding.
 """
 
 from __future__ import annotations
@@ -10,80 +12,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import remote, settings
 from .errors import ConnectError, GpuprovError, RemoteError, UsageError
-from .fleet import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, for_each_host, one_line
+from .fleet import for_each_host
 from .inventory import Host
 from .ops import Change, NoOp, Op, OpContext
-from .ops.files import Template
-from .playbook import Play, Task, Templar
+from .ops.files import Copy, Template
+from .playbook import Play, Role, Task
+from .recap import HostRecap, TaskResult
 from .secrets import Secret, redact
+from .templating import LAZY, Templar
 
+__all__ = ["HostRecap", "HostRun", "RunOptions", "TaskResult", "apply_one", "gather", "run_play", "service_op",
+           "template_dirs"]
 
-@dataclass
-class TaskResult:
-    task: str
-    status: str  # ok | changed | failed | skipped
-    msg: str = ""
-    diffs: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
-
-
-@dataclass
-class HostRecap:
-    host: str
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    unreachable: bool = False
-    error: str | None = None
-    time_s: float = 0.0
-    execs: int = 0
-    results: list[TaskResult] = field(default_factory=list)
-    #: time.monotonic() at start and end (lets tests see that hosts overlapped)
-    started: float = 0.0
-    ended: float = 0.0
-    #: the exit code of the error that ended the run, when it has its own (a busy host: 4)
-    code: int | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.code is not None:
-            return self.code
-        if self.unreachable:
-            return EXIT_UNREACHABLE
-        return EXIT_FAILED if self.failed or self.error else EXIT_OK
-
-    def merge(self, other: HostRecap) -> None:
-        """Add a later play's recap for the same host."""
-        for k in ("ok", "changed", "failed", "skipped", "time_s", "execs"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        self.unreachable |= other.unreachable
-        self.error = self.error or other.error
-        self.code = self.code if self.code is not None else other.code
-        self.results += other.results
-
-    @classmethod
-    def of_error(cls, host: str, e: BaseException, time_s: float = 0.0, execs: int = 0) -> HostRecap:
-        """The recap of a run that an error ended before or between tasks."""
-        if isinstance(e, ConnectError):
-            return cls(host, unreachable=True, error=one_line(e), time_s=time_s, execs=execs)
-        code = e.exit_code if isinstance(e, GpuprovError) and e.exit_code not in (EXIT_OK, EXIT_FAILED) else None
-        return cls(host, failed=1, error=one_line(e), time_s=time_s, execs=execs, code=code)
-
-    def count(self, r: TaskResult) -> None:
-        self.results.append(r)
-        setattr(self, r.status, getattr(self, r.status) + 1)
-
-    def to_json(self) -> dict:
-        return {"ok": self.ok, "changed": self.changed, "failed": self.failed, "skipped": self.skipped,
-                "unreachable": self.unreachable, "time_s": round(self.time_s, 3), "execs": self.execs,
-                **({"error": self.error} if self.error else {})}
+#: vars gpuprov sets on the command line: above everything, as Ansible's extra vars are
+CLI_SOURCE = "command line"
 
 
 @dataclass
@@ -91,6 +39,7 @@ class RunOptions:
     check: bool = False
     diff: bool = False
     tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
     on_event: Callable[[str, str, TaskResult], None] | None = None
     on_progress: Callable[[str, str], None] | None = None
 
@@ -114,11 +63,46 @@ def gather(runner: Any, queries: list[dict]) -> list[dict]:
         raise RemoteError(f"{runner.host.name}: unreadable state: {res.stdout[:200]!r}") from None
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a task inherits from the blocks, roles and includes around it."""
+
+    when: tuple[str, ...] = ()
+    tags: frozenset[str] = frozenset()
+    become: bool | None = None
+    #: block vars (outer first), then the include's or role's params (Ansible ranks params above set_fact)
+    vars: tuple[Mapping[str, Any], ...] = ()
+    params: tuple[Mapping[str, Any], ...] = ()
+    role: str | None = None
+    ignore_errors: Any = False
+    handler: bool = False
+
+    def child(self, t: Task, params: Mapping[str, Any] | None = None) -> Scope:
+        return Scope(self.when + t.when, self.tags | set(t.tags), t.become if t.become is not None else self.become,
+                     self.vars + ((t.vars,) if t.vars and not params else ()),
+                     self.params + ((params,) if params else ()), t.role or self.role,
+                     t.ignore_errors or self.ignore_errors, self.handler)
+
+
+@dataclass
+class _Prepared:
+    args: Any
+    data: bytes | None
+    op: Op
+    queries: list[dict]
+    state: list[dict] = field(default_factory=list)
+
+
+class _Failed(Exception):
+    """A task failed and nothing (ignore_errors, rescue) took it over: the host stops."""
+
+
 class HostRun:
     """One play on one host."""
 
     def __init__(self, play: Play, host: Host, runner: Any, facts: Any, extra_ctx: Mapping[str, Any],
-                 templar: Templar, opts: RunOptions, work_lock: str | None = None, gather_runner: Any = None):
+                 templar: Templar, opts: RunOptions, work_lock: str | None = None, gather_runner: Any = None,
+                 host_vars: dict[str, Any] | None = None):
         self.play, self.host, self.runner, self.facts = play, host, runner, facts
         #: where state gathering runs: the run's session (hostlock.HostSession), sparing an exec, or the runner
         self.gather_runner = gather_runner or runner
@@ -126,33 +110,116 @@ class HostRun:
         self.work_lock = work_lock
         self.templar, self.opts = templar, opts
         self.recap = HostRecap(host.name)
-        self.ctx: dict[str, Any] = {**{k: v for k, v in play.vars.items()}}
-        self.ctx.update({k: v.value for k, v in host.vars.items()})  # a Secret stays a Secret (renders ***)
-        self.ctx.update(extra_ctx)
-        self.ctx["inventory_hostname"] = host.name
-        self.ctx["check_mode"] = opts.check
+        # the variable layers, lowest first (Ansible's precedence for the levels gpuprov has; README's table)
+        self.inv_vars = {k: v.value for k, v in host.vars.items() if v.source != CLI_SOURCE}
+        self.cli_vars = {k: v.value for k, v in host.vars.items() if v.source == CLI_SOURCE}
+        self.extra_ctx = dict(extra_ctx)  # gpuprov's own (plan, facts, gp): never templated again
+        self.role_defaults: dict[str, Any] = {}
+        self.role_vars: dict[str, dict[str, Any]] = {}
+        for r in play.roles:
+            self.role_defaults.update(r.defaults)
+            self.role_vars[r.name] = dict(r.vars)
+        self.roles: dict[str, Role] = {r.name: r for r in play.roles}
+        #: set_fact results and registered vars: they outlive the play (Ansible keeps them per host)
+        self.host_vars = host_vars if host_vars is not None else {}
+        self.ansible_facts: dict[str, Any] = {}
+        self.magic = {"inventory_hostname": host.name, "inventory_hostname_short": host.name.split(".")[0],
+                      "group_names": [g for g in host.groups if g != "all"], "check_mode": opts.check,
+                      "ansible_check_mode": opts.check, "playbook_dir": play.base, "ansible_play_name": play.name}
         self.secrets = [v.value for v in host.vars.values() if isinstance(v.value, Secret)]
         self.secrets += [v for v in extra_ctx.values() if isinstance(v, Secret)]
         self.notified: list[str] = []
         self.dirty = False  # something changed on the host since the state was gathered
+        self.prepared: dict[tuple[int, int | None], _Prepared] = {}
+
+    # ----------------------------------------------------------- vars
+    def ctx(self, scope: Scope, t: Task | None = None, item: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The vars a task sees, merged in Ansible's order; which of them may hold templates is noted under LAZY."""
+        ctx: dict[str, Any] = {}
+        lazy: set[str] = set()
+
+        def layer(d: Mapping[str, Any], templated: bool) -> None:
+            ctx.update(d)
+            if templated:
+                lazy.update(d)
+            else:
+                lazy.difference_update(d)
+
+        layer(self.role_defaults, True)
+        layer(self.inv_vars, True)
+        layer(self.ansible_facts, False)
+        layer(self.play.vars, True)
+        for name, rv in self.role_vars.items():
+            if name != scope.role:
+                layer(rv, True)
+        if scope.role in self.role_vars:
+            layer(self.role_vars[scope.role], True)
+            ctx["role_path"] = self.roles[scope.role].path
+            ctx["role_name"] = scope.role
+        for v in scope.vars:
+            layer(v, True)
+        if t is not None and t.vars:
+            layer(t.vars, True)
+        layer(self.host_vars, False)
+        for p in scope.params:
+            layer(p, True)
+        layer(self.cli_vars, True)
+        layer(self.extra_ctx, False)
+        layer(self.magic, False)
+        if item:
+            layer(item, False)
+        ctx[LAZY] = frozenset(lazy)
+        return ctx
 
     # ----------------------------------------------------------- helpers
-    def _selected(self, t: Task) -> bool:
-        if not self.opts.tags:
+    def _selected(self, t: Task, scope: Scope) -> bool:
+        tags = set(t.tags) | scope.tags | set(self.play.tags)
+        if self.opts.skip_tags and tags & set(self.opts.skip_tags):
+            return False
+        if "always" in tags:
             return True
-        return bool(set(t.tags) & (set(self.opts.tags) | {"always"}))
+        if not self.opts.tags:
+            return "never" not in tags
+        wanted = set(self.opts.tags)
+        if "all" in wanted and "never" not in tags:
+            return True
+        return bool(tags & wanted)
 
-    def _build_op(self, t: Task) -> Op:
-        args = self.templar.render(t.args, self.ctx, t.name)
+    def _become(self, t: Task, scope: Scope) -> bool:
+        for v in (t.become, scope.become, self.play.become):
+            if v is not None:
+                return v
+        return False
+
+    def _search(self, t: Task, sub: str) -> list[Path]:
+        """Where a task's relative ``src`` is looked for: its role's (or playbook's) ``sub``/ folder and itself."""
+        dirs = []
+        for base in dict.fromkeys([t.base, self.play.base]):
+            if base:
+                dirs += [Path(base) / sub, Path(base)]
+        return dirs
+
+    def _build(self, t: Task, args: Any, ctx: Mapping[str, Any]) -> tuple[Op, bytes | None]:
+        title = self._title(t, ctx)
         if not t.secret:
             self._no_secret_in(args, t)
-        op = Op.registry[str(t.op)](args, t.name)
+        op = Op.registry[str(t.op)](args, title)
+        data = None
         if isinstance(op, Template):
-            text = self.templar.render_file(str(op.a["src"]), {**self.ctx, **(op.a.get("vars") or {})}, t.name)
+            text = self.templar.render_file(str(op.a["src"]), {**ctx, **(op.a.get("vars") or {})}, title,
+                                            self._search(t, "templates"))
             if not t.secret:
                 self._no_secret_in(text, t)
-            op.rendered = text.encode()
-        return op
+            data = op.rendered = text.encode()
+        elif isinstance(op, Copy) and "src" in op.a and not op.a.get("remote_src"):
+            src = Path(str(op.a["src"]))
+            if not src.is_absolute():
+                found = next((d / src for d in self._search(t, "files") if (d / src).is_file()), None)
+                if found is None:
+                    raise UsageError(f"task {title!r}: copy src {str(src)!r} not found (looked in "
+                                     f"{', '.join(str(d) for d in self._search(t, 'files'))})")
+                op.a["src"] = str(found)
+        return op, data
 
     def _no_secret_in(self, value: Any, t: Task) -> None:
         blob = json.dumps(value, default=str)
@@ -163,58 +230,90 @@ class HostRun:
     def _redact(self, text: str) -> str:
         return redact(text, *self.secrets)
 
-    def _event(self, t: Task, r: TaskResult) -> None:
-        if self.opts.on_event:
-            self.opts.on_event(self.host.name, self._title(t), r)
-
-    def _title(self, t: Task) -> str:
-        if "{{" not in t.name:
+    def _title(self, t: Task, ctx: Mapping[str, Any] | None = None) -> str:
+        if "{{" not in t.name or ctx is None:
             return t.name
         try:
-            return str(self.templar.render(t.name, self.ctx, t.name))
+            return str(self.templar.render(t.name, ctx, t.name))
         except UsageError:
             return t.name
 
-    # ----------------------------------------------------------- run
-    def prepare(self) -> dict[int, tuple[Op, list[dict]]]:
-        """Build every op whose args can be rendered now, and their state queries."""
-        prepared: dict[int, tuple[Op, list[dict]]] = {}
-        for i, t in enumerate(self.play.tasks + self.play.handlers):
-            if t.meta or not self._selected(t):
-                continue
-            try:
-                op = self._build_op(t)
-            except UsageError as e:
-                if "undefined variable" in str(e) and t.register is None and any(
-                        r.register for r in self.play.tasks):
-                    continue  # may depend on a registered result: built when its turn comes
-                raise
-            prepared[i] = (op, op.queries(OpContext(self.runner, self.facts, self.opts.check, t.become)))
-        return prepared
+    def _octx(self, t: Task, scope: Scope) -> OpContext:
+        octx = OpContext(self.runner, self.facts, self.opts.check, self._become(t, scope))
+        report_progress = self.opts.on_progress
+        if report_progress:
+            octx.on_progress = lambda text: report_progress(self.host.name, text)
+        return octx
 
+    # ----------------------------------------------------------- prepare: one gather for the whole play
+    def _leaves(self, tasks: tuple[Task, ...], scope: Scope):  # noqa: ANN202
+        for t in tasks:
+            if t.kind == "block":
+                s = scope.child(t)
+                yield from self._leaves(t.block + t.rescue + t.always, s)
+            elif t.kind == "include" and t.included is not None and t.loop is None:
+                yield from self._leaves(t.included, scope.child(t, t.vars))
+            elif t.kind == "task" and self._selected(t, scope) and not Op.registry[str(t.op)].local:
+                yield t, scope
+
+    def prepare(self) -> list[dict]:
+        """Build every op whose args can be rendered now, and collect their state queries."""
+        queries: list[dict] = []
+        leaves = list(self._leaves(self.play.tasks, Scope()))
+        leaves += list(self._leaves(self.play.handlers, Scope(handler=True)))
+        for t, scope in leaves:
+            try:
+                ctx = self.ctx(scope, t)
+                items: list[Any] = [None]
+                if t.loop is not None:
+                    items = self._items(t, ctx)
+                for idx, item in enumerate(items):
+                    ictx = ctx if t.loop is None else self.ctx(scope, t, self._item_vars(t, item, idx))
+                    if scope.when + t.when and not self.templar.test_all(scope.when + t.when, ictx, t.name):
+                        continue
+                    args = self.templar.render(t.args, ictx, t.name)
+                    op, data = self._build(t, args, ictx)
+                    qs = op.queries(self._octx(t, scope))
+                    self.prepared[(id(t), None if t.loop is None else idx)] = _Prepared(args, data, op, qs)
+                    queries += qs
+            except GpuprovError:
+                continue  # depends on something only its turn knows (a registered result): built then
+        return queries
+
+    def _op_state(self, t: Task, key: tuple[int, int | None], args: Any, ctx: Mapping[str, Any],
+                  octx: OpContext, fresh: bool) -> tuple[Op, list[dict]]:
+        p = self.prepared.get(key)
+        if p is not None and p.args == args:
+            op, data = p.op, p.data
+            if isinstance(op, Template):  # its text may depend on vars set since
+                op2, data = self._build(t, args, ctx)
+                if data != p.data:
+                    op = op2
+            if op is p.op and not self.dirty and not fresh:
+                return op, p.state
+        else:
+            op, _ = self._build(t, args, ctx)
+        return op, gather(self.gather_runner, op.queries(octx))
+
+    # ----------------------------------------------------------- run
     def run(self) -> HostRecap:
         start = time.monotonic()
         self.recap.started = start
         try:
-            prepared = self.prepare()
-            queries = [q for _, qs in prepared.values() for q in qs]
-            answers = gather(self.gather_runner, queries)
-            states: dict[int, list[dict]] = {}
+            queries = self.prepare()
+            facts_q = [{"kind": "facts"}] if self.play.gather_facts else []
+            answers = gather(self.gather_runner, facts_q + queries)
+            if facts_q:
+                self._set_facts(answers[0])
+                answers = answers[1:]
             k = 0
-            for i, (_, qs) in prepared.items():
-                states[i] = answers[k:k + len(qs)]
-                k += len(qs)
-            for i, t in enumerate(self.play.tasks):
-                if not self._selected(t):
-                    continue
-                if t.meta == "flush_handlers":
-                    if not self._flush(prepared, states):
-                        break
-                    continue
-                if not self._run_task(t, prepared.get(i), states.get(i)):
-                    break
-            else:
-                self._flush(prepared, states)
+            for p in self.prepared.values():
+                p.state = answers[k:k + len(p.queries)]
+                k += len(p.queries)
+            if self._run_list(self.play.tasks, Scope()):
+                self._flush()
+            elif self.play.force_handlers and not self.recap.unreachable:
+                self._flush()
         except ConnectError as e:
             self.recap.unreachable = True
             self.recap.error = self._redact(str(e))
@@ -226,91 +325,223 @@ class HostRun:
         self.recap.execs = getattr(self.runner, "exec_count", 0)
         return self.recap
 
-    def _flush(self, prepared, states) -> bool:
-        n_tasks = len(self.play.tasks)
-        for j, h in enumerate(self.play.handlers):
-            if h.name in self.notified:
-                self.notified.remove(h.name)
-                if not self._run_task(h, prepared.get(n_tasks + j), states.get(n_tasks + j)):
-                    return False
-        return True
+    def _set_facts(self, answer: dict) -> None:
+        if "error" in answer:
+            raise RemoteError(f"{self.host.name}: gathering facts failed: {answer['error']}")
+        self.ansible_facts = {"ansible_facts": answer, **{f"ansible_{k}": v for k, v in answer.items()}}
+        self.recap.count(TaskResult("Gathering Facts", "ok", "facts gathered"))
 
-    def _unknown_in_check_mode(self, t: Task, e: UsageError) -> bool:
-        """In check mode, results registered by skipped commands are unknown: skip what depends on them."""
-        if not self.opts.check:
-            raise e
-        self._finish(t, TaskResult(t.name, "skipped", f"depends on a result unknown in check mode ({e})"),
-                     {"skipped": True, "changed": False})
-        return True
+    def _run_list(self, tasks: tuple[Task, ...], scope: Scope) -> bool:
+        return all(self._run_node(t, scope) for t in tasks)
 
-    def _run_task(self, t: Task, prepared: tuple[Op, list[dict]] | None, state: list[dict] | None) -> bool:
-        t0 = time.monotonic()
-        try:
-            run_it = t.when is None or self.templar.test(t.when, self.ctx, t.name)
-        except UsageError as e:
-            return self._unknown_in_check_mode(t, e)
-        if not run_it:
-            r = TaskResult(t.name, "skipped", "condition false")
-            self._finish(t, r, {"skipped": True, "changed": False})
+    def _run_node(self, t: Task, scope: Scope) -> bool:
+        if t.kind == "block":
+            s = scope.child(t)
+            ok = self._run_list(t.block, s)
+            if not ok and t.rescue and not self.recap.unreachable:
+                self.recap.rescue()
+                ok = self._run_list(t.rescue, s)
+            if t.always and not self.recap.unreachable:
+                ok = self._run_list(t.always, s) and ok
+            return ok
+        if not self._selected(t, scope):
             return True
-        octx = OpContext(self.runner, self.facts, self.opts.check, t.become)
-        report_progress = self.opts.on_progress
-        if report_progress:
-            octx.on_progress = lambda text: report_progress(self.host.name, text)
+        if t.kind == "meta":
+            if t.meta == "flush_handlers":
+                return self._flush()
+            return True
+        if t.kind == "include":
+            return self._include(t, scope)
+        return self._leaf(t, scope)
+
+    def _flush(self) -> bool:
+        while self.notified:
+            pending, self.notified = self.notified, []
+            for h in self.play.handlers:
+                if h.name in pending or set(h.listen) & set(pending):
+                    if not self._leaf(h, Scope(handler=True)):
+                        return False
+        return True
+
+    def _items(self, t: Task, ctx: Mapping[str, Any]) -> list[Any]:
+        items = self.templar.render(t.loop, ctx, t.name)
+        if isinstance(items, str) and t.flatten:
+            items = [items]
+        if not isinstance(items, list):
+            raise UsageError(f"task {t.name!r}: loop must be a list, got {type(items).__name__}")
+        if t.flatten:
+            items = [y for x in items for y in (x if isinstance(x, list) else [x])]
+        return items
+
+    def _item_vars(self, t: Task, item: Any, idx: int) -> dict[str, Any]:
+        return {t.loop_var: item, "ansible_loop_var": t.loop_var, "ansible_index_var": idx,
+                "ansible_loop": {"index": idx + 1, "index0": idx}}
+
+    def _include(self, t: Task, scope: Scope) -> bool:
+        from .playbook import load_include
+
+        ctx = self.ctx(scope, t)
+        items: list[Any] = [None] if t.loop is None else self._items(t, ctx)
+        for idx, item in enumerate(items):
+            iv = None if t.loop is None else self._item_vars(t, item, idx)
+            ictx = self.ctx(scope, t, iv) if iv else ctx
+            if scope.when + t.when and not self.templar.test_all(scope.when + t.when, ictx, t.name):
+                self.recap.count(TaskResult(self._title(t, ictx), "skipped", "condition false"))
+                continue
+            children = t.included
+            if children is None:
+                name = str(self.templar.render(t.include, ictx, t.name))
+                children = load_include(name, t, self.play)
+            params = {**self.templar.render(dict(t.vars), ictx, t.name), **(iv or {})}
+            r = TaskResult(self._title(t, ictx), "ok", f"included: {t.include}")
+            self._finish(t, r, None, ictx)
+            if not self._run_list(children, scope.child(t, params)):
+                return False
+        return True
+
+    def _leaf(self, t: Task, scope: Scope) -> bool:
+        t0 = time.monotonic()
+        ctx = self.ctx(scope, t)
+        conds = scope.when + t.when
         try:
-            op = prepared[0] if prepared else self._build_op(t)
+            if t.loop is None:
+                if conds and not self.templar.test_all(conds, ctx, t.name):
+                    r, result = TaskResult(self._title(t, ctx), "skipped", "condition false"), _skipped()
+                else:
+                    r, result = self._once(t, scope, ctx, (id(t), None))
+            else:
+                r, result = self._loop(t, scope, ctx, conds)
         except UsageError as e:
-            return self._unknown_in_check_mode(t, e)
+            if not self.opts.check or "undefined variable" not in str(e):
+                r, result = TaskResult(self._title(t, ctx), "failed", str(e)), {"failed": True, "msg": str(e)}
+            else:  # in check mode, results registered by skipped commands are unknown: skip what depends on them
+                r = TaskResult(self._title(t, ctx), "skipped", f"depends on a result unknown in check mode ({e})")
+                result = _skipped()
+        r.duration_s = time.monotonic() - t0
+        if r.status == "failed" and self._ignored(t, scope, ctx):
+            r.ignored = True
+        self._finish(t, r, result, ctx)
+        if r.status == "changed":
+            for n in t.notify:
+                n = str(self.templar.render(n, ctx, t.name))
+                if n not in self.notified:
+                    self.notified.append(n)
+        return r.status != "failed" or r.ignored
+
+    def _ignored(self, t: Task, scope: Scope, ctx: Mapping[str, Any]) -> bool:
+        v = t.ignore_errors or scope.ignore_errors
+        if isinstance(v, str):
+            return self.templar.test(v.strip().removeprefix("{{").removesuffix("}}"), ctx, t.name)
+        return bool(v)
+
+    def _loop(self, t: Task, scope: Scope, ctx: Mapping[str, Any], conds: tuple[str, ...]
+              ) -> tuple[TaskResult, dict[str, Any]]:
+        results, msgs, diffs = [], [], []
+        for idx, item in enumerate(self._items(t, ctx)):
+            iv = self._item_vars(t, item, idx)
+            ictx = self.ctx(scope, t, iv)
+            label = item if t.loop_label is None else self.templar.render(t.loop_label, ictx, t.name)
+            if conds and not self.templar.test_all(conds, ictx, t.name):
+                r, res = TaskResult("", "skipped", "condition false"), _skipped()
+            else:
+                r, res = self._once(t, scope, ictx, (id(t), idx))
+            res.update({"item": item, t.loop_var: item, "ansible_loop_var": t.loop_var})
+            results.append(res)
+            msgs.append(f"({label}) {r.status}: {r.msg}" if r.msg else f"({label}) {r.status}")
+            diffs += r.diffs
+        failed = any(x.get("failed") for x in results)
+        changed = any(x.get("changed") for x in results)
+        skipped = bool(results) and all(x.get("skipped") for x in results) or not results
+        status = "failed" if failed else "changed" if changed else "skipped" if skipped else "ok"
+        result = {"results": results, "changed": changed, "failed": failed, "skipped": skipped,
+                  "msg": "One or more items failed" if failed else "All items completed"}
+        r = TaskResult(self._title(t, ctx), status, "; ".join(msgs)[:2000], diffs, changed=changed)
+        return r, result
+
+    def _once(self, t: Task, scope: Scope, ctx: dict[str, Any], key: tuple[int, int | None]
+              ) -> tuple[TaskResult, dict[str, Any]]:
+        """One run of a module task (one loop item): decide, apply, retry ``until``; the result Ansible registers."""
+        title = self._title(t, ctx)
+        octx = self._octx(t, scope)
+        args = self.templar.render(t.args, ctx, t.name)
+        cls = Op.registry[str(t.op)]
+        if cls.local:
+            return self._local(t, title, args, ctx)
         attempts = max(1, t.retries + 1) if t.until else 1
+        r = TaskResult(title, "ok")
+        result: dict[str, Any] = {}
         for attempt in range(attempts):
-            if state is None or self.dirty or attempt:
-                state = gather(self.gather_runner, op.queries(octx))
+            op, state = self._op_state(t, key, args, ctx, octx, fresh=attempt > 0)
             decision = op.check(octx, state)
-            result: dict[str, Any] = {"changed": False, "failed": False, "skipped": False}
+            result = {"changed": False, "failed": False}
             if isinstance(decision, NoOp):
-                r = TaskResult(t.name, "ok", decision.reason)
+                r = TaskResult(title, "ok", decision.reason)
                 result.update(op.noop_result(state))
-                if t.failed_when is not None and self.templar.test(t.failed_when, self._with_result(t, result), t.name):
-                    r = TaskResult(t.name, "failed", f"failed_when: {t.failed_when}")
-                    result["failed"] = True
+                if result.get("failed"):
+                    r = TaskResult(title, "failed", self._redact(str(result.get("msg") or "failed")))
             elif self.opts.check and t.op in ("command", "shell"):
-                r = TaskResult(t.name, "skipped", f"skipped in check mode (would {decision.summary})")
+                r = TaskResult(title, "skipped", f"skipped in check mode (would {decision.summary})")
                 result["skipped"] = True
             elif self.opts.check:
-                status = "changed" if decision.changes else "ok"
-                r = TaskResult(t.name, "skipped" if not decision.changes else status,
+                r = TaskResult(title, "changed" if decision.changes else "skipped",
                                f"would {decision.summary}" if decision.changes else "skipped in check mode")
                 result["changed"] = decision.changes
             else:
-                r = self._apply(t, op, octx, decision, result)
+                r = self._apply(t, title, op, octx, decision, result, ctx)
             if isinstance(decision, Change) and (self.opts.diff or self.opts.check):
-                r.diffs = [d.unified() if not t.secret else d.__class__(d.path, None, None, True).unified()
-                           for d in decision.diffs]
-            if t.until and r.status != "failed" and not isinstance(decision, NoOp) and not self.opts.check:
-                if not self.templar.test(t.until, self._with_result(t, result), t.name):
+                r.diffs = [d.unified() if not t.secret else replace(d, secret=True).unified() for d in decision.diffs]
+            if r.status != "skipped":
+                r = self._judge(t, r, result, ctx)
+            if t.until and r.status != "skipped" and not self.opts.check:
+                if not self.templar.test_all(t.until, self._with_result(t, result, ctx), t.name):
                     if attempt + 1 < attempts:
                         time.sleep(t.delay)
                         continue
-                    r = TaskResult(t.name, "failed", f"until: {t.until} not true after {attempts} attempts")
+                    r = TaskResult(title, "failed", f"until: {' and '.join(t.until)} not true after {attempts} "
+                                                    f"attempts")
+                    result["failed"] = True
+                result["attempts"] = attempt + 1
             break
-        r.duration_s = time.monotonic() - t0
-        if t.secret:
+        if t.secret:  # the registered result keeps its values (as Ansible's no_log); only what is shown is cut
             r.msg = r.msg.split(":")[0] if r.status == "failed" else r.msg
-        self._finish(t, r, result)
-        if r.status == "changed":
-            for n in t.notify:
-                if n not in self.notified:
-                    self.notified.append(n)
-        return r.status != "failed"
+        return r, result
 
-    def _apply(self, t: Task, op: Op, octx: OpContext, decision: Change, result: dict[str, Any]) -> TaskResult:
+    def _judge(self, t: Task, r: TaskResult, result: dict[str, Any], ctx: Mapping[str, Any]) -> TaskResult:
+        """changed_when, then failed_when, over the task's result (both evaluated, as Ansible does)."""
+        if t.changed_when is not None:
+            result["changed"] = self.templar.test_all(t.changed_when, self._with_result(t, result, ctx), t.name)
+        if t.failed_when is not None:
+            result["failed"] = self.templar.test_all(t.failed_when, self._with_result(t, result, ctx), t.name)
+            if result["failed"]:
+                result["failed_when_result"] = True
+                r.msg = f"failed_when: {' and '.join(t.failed_when)}"
+            elif r.status == "failed":
+                r.msg = ""
+        if t.changed_when is not None or t.failed_when is not None:
+            r.status = "failed" if result.get("failed") else "changed" if result.get("changed") else "ok"
+        r.changed = bool(result.get("changed"))
+        return r
+
+    def _local(self, t: Task, title: str, args: Any, ctx: dict[str, Any]) -> tuple[TaskResult, dict[str, Any]]:
+        op = Op.registry[str(t.op)](args, title)
+        result = {"changed": False, "failed": False, **op.run_local(lambda e: self.templar.evaluate(e, ctx, title))}
+        if "ansible_facts" in result and not result.get("failed"):
+            self.host_vars.update(result["ansible_facts"])
+        status = "failed" if result.get("failed") else "ok"
+        msg = str(result.get("msg", ""))
+        r = TaskResult(title, status, self._redact(msg), show=t.op == "debug")
+        r = self._judge(t, r, result, ctx)
+        return r, result
+
+    def _apply(self, t: Task, title: str, op: Op, octx: OpContext, decision: Change, result: dict[str, Any],
+               ctx: Mapping[str, Any]) -> TaskResult:
         """Run exactly the change's commands (under the shared work lock), then poll; fill ``result``."""
         outputs = []
         failed_msg = None
         for cmd in decision.commands:
             res = self.runner.run(under_work_lock(cmd.argv, self.work_lock), stdin=cmd.stdin, timeout=cmd.timeout)
             outputs.append(res)
-            if res.exit_status != 0 and t.failed_when is None:
+            if res.exit_status != 0:
                 tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
                 failed_msg = f"{cmd.label or cmd.argv[0]} exited {res.exit_status}: {tail}"
                 break
@@ -319,43 +550,51 @@ class HostRun:
                 decision.poll(self.runner, octx)
             except RemoteError as e:
                 failed_msg = str(e)
-        result.update(op.result(octx, outputs))
-        result["changed"] = decision.changes
+        out = op.result(octx, outputs)
+        result.update(out)
+        result["changed"] = bool(out.get("changed", decision.changes)) and decision.changes
         if decision.changes:
             self.dirty = True
-        if t.changed_when is not None:
-            result["changed"] = self.templar.test(t.changed_when, self._with_result(t, result), t.name)
-        if t.failed_when is not None:
-            failed = self.templar.test(t.failed_when, self._with_result(t, result), t.name)
-            failed_msg = f"failed_when: {t.failed_when}" if failed else None
+        if out.get("failed") and not failed_msg:
+            failed_msg = str(out.get("msg") or "failed")
         if failed_msg:
             result["failed"] = True
-            return TaskResult(t.name, "failed", self._redact(failed_msg))
-        return TaskResult(t.name, "changed" if result["changed"] else "ok", decision.summary)
+            result.setdefault("msg", "non-zero return code" if t.op in ("command", "shell") else failed_msg)
+            return TaskResult(title, "failed", self._redact(failed_msg), changed=decision.changes)
+        return TaskResult(title, "changed" if result["changed"] else "ok", decision.summary)
 
-    def _with_result(self, t: Task, result: dict) -> dict:
-        """Context for changed_when / failed_when / until: the result as ``result`` and by its register name."""
-        ctx = {**self.ctx, "result": result}
+    def _with_result(self, t: Task, result: dict, ctx: Mapping[str, Any]) -> dict:
+        """Context for changed_when / failed_when / until: the result by its register name (and as ``result``)."""
+        out = {**ctx, "result": result}
         if t.register:
-            ctx[t.register] = result
-        return ctx
+            out[t.register] = result
+        return out
 
-    def _finish(self, t: Task, r: TaskResult, result: dict) -> None:
+    def _finish(self, t: Task, r: TaskResult, result: dict | None, ctx: Mapping[str, Any]) -> None:
         r.msg = self._redact(r.msg)
-        r.task = self._title(t)
         self.recap.count(r)
-        if r.status == "failed" and not self.recap.error:
+        if r.status == "failed" and not r.ignored and not self.recap.error:
             self.recap.error = f"task {r.task!r} failed: {r.msg}"
-        if t.register:
-            self.ctx[t.register] = result
-        self._event(t, r)
+        if t.register and result is not None:
+            self.host_vars[t.register] = result
+        if self.opts.on_event:
+            self.opts.on_event(self.host.name, r.task, r)
+
+
+def _skipped() -> dict[str, Any]:
+    return {"skipped": True, "changed": False, "skip_reason": "Conditional result was False"}
 
 
 def run_play(play: Play, hosts: Sequence[Host], connect: Callable[[Host], Any],
              facts_for: Callable[[Host, Any], Any], extra_for: Callable[[Host, Any, Any], Mapping[str, Any]],
-             templar: Templar, opts: RunOptions, max_workers: int | None = None) -> list[HostRecap]:
+             templar: Templar, opts: RunOptions, max_workers: int | None = None,
+             host_vars: dict[str, dict[str, Any]] | None = None) -> list[HostRecap]:
     """Run one play on many hosts in parallel (``GPUPROV_PARALLEL`` at once unless ``max_workers`` says);
-    a failing or unreachable host never stops the others."""
+    a failing or unreachable host never stops the others. ``host_vars`` keeps each host's set_fact and
+    registered vars from one play to the next."""
+    store = host_vars if host_vars is not None else {}
+    for h in hosts:
+        store.setdefault(h.name, {})
 
     def one(h: Host) -> HostRecap:
         t0 = time.monotonic()
@@ -366,7 +605,7 @@ def run_play(play: Play, hosts: Sequence[Host], connect: Callable[[Host], Any],
         try:
             facts = facts_for(h, runner)
             extra = extra_for(h, runner, facts)
-            return HostRun(play, h, runner, facts, extra, templar, opts).run()
+            return HostRun(play, h, runner, facts, extra, templar, opts, host_vars=store[h.name]).run()
         except Exception as e:  # noqa: BLE001 - recorded in the host's recap (with -v, the traceback in the log)
             if not isinstance(e, GpuprovError):
                 import logging

@@ -30,9 +30,10 @@ from .hub import local_model_dir, resolve_model
 from .inventory import Host
 from .layout import HostLayout
 from .plan import Plan, engine_vars, make_plan
-from .playbook import Templar, load_playbook
+from .playbook import load_playbook
 from .probe import run_probe
 from .secrets import Secret, new_api_key, write_private
+from .templating import Templar
 
 BOOTSTRAP_PINS = ["uv==0.13.9", "huggingface-hub==2.4.0"]
 VENV_OVERHEAD_GIB = 12.0  # a CUDA torch + vLLM venv is about 10 GB

@@ -9,11 +9,15 @@ with ``shlex.join`` by the runner); data that must not appear in argv (file cont
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import UsageError
+
+#: a var name (set_fact, register, loop_var)
+VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 #: one query's answer from the host (``gather.py``), or what ``register`` stores
 State = dict[str, Any]
@@ -84,23 +88,39 @@ class Op:
     """Base class: subclasses set ``name``, ``args`` (allowed: required flag) and implement query/check."""
 
     name: ClassVar[str] = ""
+    #: more names the module answers to (``service`` is also ``systemd``)
+    also: ClassVar[tuple[str, ...]] = ()
     args: ClassVar[Mapping[str, bool]] = {}
+    #: Ansible's other names for arguments (``dest`` for ``path``), and gpuprov's older ones
+    aliases: ClassVar[Mapping[str, str]] = {}
+    #: the ``k=v`` words a free-form module takes out of its text (``creates=``)
+    raw_params: ClassVar[tuple[str, ...]] = ()
+    #: decided and done on the controller (set_fact, debug, assert, fail): no host state, no command
+    local: ClassVar[bool] = False
     registry: ClassVar[dict[str, type[Op]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if cls.name:
-            Op.registry[cls.name] = cls
+            for n in (cls.name, *cls.also):
+                Op.registry[n] = cls
 
     def __init__(self, args: Mapping[str, Any], task: str):
         if isinstance(args, (str, list)) and self.free_form():
             args = {self.free_form(): args}
         if not isinstance(args, Mapping):
             raise UsageError(f"task {task!r}: {self.name} takes a mapping of arguments")
+        if self.aliases:
+            args = dict(args)
+            for alias, canon in self.aliases.items():
+                if alias in args:
+                    if canon in args and alias != canon:
+                        raise UsageError(f"task {task!r}: {self.name}: give one of {canon} and {alias}")
+                    args[canon] = args.pop(alias)
         unknown = set(args) - set(self.args)
         if unknown:
             raise UsageError(f"task {task!r}: {self.name} has no argument(s) {', '.join(sorted(unknown))} "
-                             f"(allowed: {', '.join(sorted(self.args))})")
+                             f"(allowed: {', '.join(sorted(set(self.args) | set(self.aliases)))})")
         missing = [a for a, req in self.args.items() if req and a not in args]
         if missing:
             raise UsageError(f"task {task!r}: {self.name} needs {', '.join(missing)}")
@@ -129,8 +149,19 @@ class Op:
         """What ``register`` stores after apply (commands' outputs)."""
         if outputs:
             last = outputs[-1]
-            return {"rc": last.exit_status, "stdout": last.stdout, "stderr": last.stderr}
+            return output_result(last.exit_status, last.stdout, last.stderr)
         return {}
+
+    def run_local(self, evaluate: Callable[[str], Any]) -> State:
+        """A controller-side module's result (``local`` modules only); ``evaluate`` reads a Jinja expression."""
+        raise NotImplementedError
+
+
+def output_result(rc: int | None, stdout: str, stderr: str) -> State:
+    """A command's result in Ansible's shape (trailing newlines stripped, as Ansible's strip_empty_ends does)."""
+    out, err = (stdout or "").rstrip("\r\n"), (stderr or "").rstrip("\r\n")
+    return {"rc": rc, "stdout": out, "stderr": err, "stdout_lines": out.splitlines(),
+            "stderr_lines": err.splitlines()}
 
 
 def mode_str(mode: Any, task: str) -> str | None:

@@ -412,7 +412,7 @@ class HostRun:
             else:
                 r, result = self._loop(t, scope, ctx, conds)
         except UsageError as e:
-            if not self.opts.check or "undefined variable" not in str(e):
+            if not self.opts.check or not ("undefined" in str(e) or "has no attribute" in str(e)):
                 r, result = TaskResult(self._title(t, ctx), "failed", str(e)), {"failed": True, "msg": str(e)}
             else:  # in check mode, results registered by skipped commands are unknown: skip what depends on them
                 r = TaskResult(self._title(t, ctx), "skipped", f"depends on a result unknown in check mode ({e})")

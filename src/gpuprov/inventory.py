@@ -14,16 +14,26 @@ File format (Ansible's YAML inventory shape; every file under the inventory fold
             a100s: {hosts: {a1: {address: 10.0.0.5}}}
 
 Top-level keys other than ``all`` are groups too (children of ``all``). A host's own mapping holds its
-connection keys (``address``, ``port``, ``user``, ``identity_file``, ``proxy_jump``) and any vars.
+connection keys (``address``, ``port``, ``user``, ``identity_file``, ``proxy_jump``, or Ansible's
+``ansible_host``, ``ansible_port``, ``ansible_user``, ``ansible_ssh_private_key_file``,
+``ansible_ssh_common_args`` with a ProxyJump) and any vars. Ansible's INI format is read too, and
+``group_vars/`` and ``host_vars/`` (files or folders of YAML) beside the inventory and beside the playbook.
 
-Precedence, lowest first: built-in defaults < seed environment (the RunPod image's MODEL, ...) < ``all``
-< groups (parents before children, then by name) < host < command line (``-e``/flags).
+Precedence, lowest first, as Ansible orders the levels gpuprov has: built-in defaults < ``all`` in the inventory
+< ``group_vars/all`` beside the inventory < beside the playbook < other groups in the inventory (parents before
+children, then by name) < their ``group_vars/`` beside the inventory < beside the playbook < the host in the
+inventory < ``host_vars/`` beside the inventory < beside the playbook; then (``executor.py``) play vars, role and
+block and task vars, set_fact/register, and the command line (``-e``) above all.
 """
 
 from __future__ import annotations
 
+import ast
+import fnmatch
+import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +51,13 @@ CONNECTION_KEYS: dict[str, type] = {
     "identity_file": str,
     "proxy_jump": str,
 }
+#: Ansible's connection vars, read as gpuprov's (``ansible_ssh_common_args`` gives a ProxyJump)
+ANSIBLE_CONNECTION = {"ansible_host": "address", "ansible_ssh_host": "address", "ansible_port": "port",
+                      "ansible_ssh_port": "port", "ansible_user": "user", "ansible_ssh_user": "user",
+                      "ansible_ssh_private_key_file": "identity_file", "ansible_private_key_file": "identity_file"}
 GROUP_KEYS = {"hosts", "vars", "children"}
+#: files in an inventory folder that are not inventory (Ansible's INVENTORY_IGNORE_EXTS)
+IGNORED = (".orig", ".ini~", "~", ".bak", ".pyc", ".retry", ".cfg", ".md", ".txt", ".rst", ".j2")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -175,14 +191,24 @@ class Inventory:
     def from_path(cls, path: str | Path, defaults: Mapping[str, Var] | None = None) -> Inventory:
         p = Path(path)
         if p.is_dir():
-            files = sorted(x for x in p.iterdir() if x.suffix in (".yml", ".yaml") and x.is_file())
+            files = sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith(".")
+                           and not x.name.endswith(IGNORED))
+            var_dirs = [p]
         elif p.is_file():
-            files = [p]
+            files, var_dirs = [p], [p.parent]
         else:
             raise InventoryError("no such inventory file or folder", str(p))
-        return cls(files, defaults)
+        inv = cls(files, defaults)
+        inv.var_dirs = var_dirs
+        return inv
+
+    #: folders whose group_vars/ and host_vars/ belong to the inventory
+    var_dirs: list[Path] = []
 
     def _load_file(self, path: Path) -> None:
+        if path.suffix not in (".yml", ".yaml", ".json") and _looks_ini(path):
+            self._load_ini(path)
+            return
         data = load_yaml(path)
         if data is None:
             return
@@ -266,6 +292,68 @@ class Inventory:
         else:  # declared in two groups: merge, later files win
             decl.data.update(new)
 
+    def _load_ini(self, path: Path) -> None:
+        """Ansible's INI inventory: ``[group]`` lines of ``host k=v``, ``[group:vars]``, ``[group:children]``,
+        host ranges ``web[01:03]``. Inline host values are read as Python literals, ``:vars`` values as text."""
+        section, kind = "ungrouped", "hosts"
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            m = re.fullmatch(r"\[([^\]:]+)(?::(vars|children))?\]", line)
+            if m:
+                section, kind = m.group(1), m.group(2) or "hosts"
+                if not NAME_RE.match(section):
+                    raise InventoryError(f"invalid group name {section!r}", str(path), n)
+                self.groups.setdefault(section, _Group(section))
+                if section != "all":
+                    self.groups[section].parents.add("all")
+                continue
+            if kind == "vars":
+                k, eq, v = line.partition("=")
+                if not eq or not VAR_RE.match(k.strip()):
+                    raise InventoryError(f"expected key=value in [{section}:vars], got {line!r}", str(path), n)
+                self.groups[section].vars[k.strip()] = Var(v.strip(), f"{path}:{n} (group {section})")
+                continue
+            if kind == "children":
+                self._load_group(path, line, None, parent=section, line=n)
+                continue
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError as e:
+                raise InventoryError(f"cannot read {line!r}: {e}", str(path), n) from None
+            data: dict[str, Any] = {}
+            for w in words[1:]:
+                k, eq, v = w.partition("=")
+                if not eq:
+                    raise InventoryError(f"expected key=value after the host name, got {w!r}", str(path), n)
+                data[k] = _ini_value(v)
+            for hname in _expand_range(words[0], str(path), n):
+                self._load_host(path, hname, dict(data), n)
+                if section != "ungrouped":
+                    self.groups[section].hosts.add(hname)
+                else:
+                    self.groups.setdefault("ungrouped", _Group("ungrouped", {"all"})).hosts.add(hname)
+
+    def _dir_vars(self, d: Path) -> tuple[dict[str, dict[str, Var]], dict[str, dict[str, Var]]]:
+        """group_vars/ and host_vars/ under ``d``: {name: vars} for groups and for hosts."""
+        out: list[dict[str, dict[str, Var]]] = [{}, {}]
+        for i, sub in enumerate(("group_vars", "host_vars")):
+            base = d / sub
+            if not base.is_dir():
+                continue
+            for entry in sorted(base.iterdir()):
+                name = entry.stem if entry.suffix in (".yml", ".yaml", ".json") else entry.name
+                files = sorted(f for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else [entry]
+                for f in files:
+                    if f.name.startswith(".") or f.name.endswith(IGNORED):
+                        continue
+                    data = load_yaml(f)
+                    if data is None:
+                        continue
+                    out[i].setdefault(name, {}).update(self._vars(f, data, f"{sub}/{name}", None))
+        return out[0], out[1]
+
     def _ancestors(self, group: str) -> list[str]:
         """Ancestors of ``group`` nearest last, deduplicated, ``all`` first."""
         seen: list[str] = []
@@ -293,14 +381,38 @@ class Inventory:
         depth = {g: len(self._ancestors(g)) for g in out}
         return sorted(out, key=lambda g: (depth[g], g != "all", g))
 
-    def host(self, name: str) -> Host:
+    def host(self, name: str, playbook_dir: Path | None = None) -> Host:
         decl = self.hosts[name]
         merged: dict[str, Var] = dict(self.defaults)
         groups = self.groups_of(name)
-        for g in groups:
-            merged.update(self.groups[g].vars)
+        inv_dirs = [self._dir_vars(d) for d in self.var_dirs]
+        play_dirs = [self._dir_vars(playbook_dir)] if playbook_dir and playbook_dir not in self.var_dirs else []
+        others = [g for g in groups if g != "all"]
+        # Ansible's order: all (inline, beside the inventory, beside the playbook), then the other groups the same
+        # way, then the host the same way
+        for gs in (["all"], others):
+            for g in gs:
+                merged.update(self.groups[g].vars)
+            for dirs in (inv_dirs, play_dirs):
+                for gv, _ in dirs:
+                    for g in gs:
+                        merged.update(gv.get(g, {}))
         merged.update(decl.data)
+        for dirs in (inv_dirs, play_dirs):
+            for _, hv in dirs:
+                merged.update(hv.get(name, {}))
+        for ans, ours in ANSIBLE_CONNECTION.items():
+            if ans in merged:
+                merged[ours] = merged.pop(ans)
+        if "ansible_ssh_common_args" in merged:
+            jump = _proxy_jump(str(merged["ansible_ssh_common_args"].value))
+            if jump:
+                merged["proxy_jump"] = Var(jump, merged["ansible_ssh_common_args"].source)
+        if merged.get("ansible_connection") and merged["ansible_connection"].value == "local":
+            merged["address"] = Var("local", merged["ansible_connection"].source)
         conn = {k: merged.pop(k).value for k in list(CONNECTION_KEYS) if k in merged}
+        if isinstance(conn.get("port"), str) and conn["port"].isdigit():
+            conn["port"] = int(conn["port"])
         for key, typ in CONNECTION_KEYS.items():  # group vars may also carry connection keys
             if key in conn and not _is_type(conn[key], typ):
                 raise InventoryError(f"host {name!r}: {key} must be {typ.__name__}, got {conn[key]!r}", decl.source)
@@ -316,37 +428,136 @@ class Inventory:
             source=decl.source,
         )
 
-    def select(self, pattern: str, ssh_config_hosts: Iterable[str] = ()) -> list[Host]:
-        """Resolve ``--host``: inventory hosts, groups, comma lists, ``user@address:port``, ssh aliases, and
+    def select(self, pattern: str, ssh_config_hosts: Iterable[str] = (), playbook_dir: Path | None = None
+               ) -> list[Host]:
+        """Resolve ``--host``: Ansible's host patterns over inventory hosts and groups (``a,b``, ``a:b``,
+        ``a:&b``, ``a:!b``, globs ``web*``, ``~regex``, ``all``), plus ``user@address:port``, ssh aliases, and
         ``local`` (this machine, without SSH) unless the inventory names a host ``local`` itself."""
         if not pattern or not pattern.strip():
             raise UsageError("--host is empty")
-        out: dict[str, Host] = {}
         aliases = set(ssh_config_hosts)
-        for part in (p.strip() for p in pattern.split(",")):
-            if not part:
+        union: dict[str, Host] = {}
+        narrow: list[tuple[str, set[str]]] = []
+        for term in _terms(pattern):
+            op, name = (term[0], term[1:]) if term[0] in "&!" else ("", term)
+            names = self._resolve(name)
+            if names is None:
+                if op:
+                    raise UsageError(f"unknown host or group {name!r} in {term!r}")
+                if name == "local":  # the machine gpuprov runs on (inside a pod's terminal, say): no SSH
+                    union[name] = Host(name="local", address="local", groups=("all",),
+                                       vars=MappingProxyType(dict(self.defaults)), source="built-in")
+                elif name in aliases or _looks_adhoc(name):
+                    adhoc = parse_adhoc(name, self.defaults)
+                    union[adhoc.name] = adhoc
+                else:
+                    known = sorted(self.hosts) + sorted(g for g in self.groups if g != "all")
+                    hint = f" (known: {', '.join(known[:20])})" if known else " (the inventory is empty)"
+                    raise UsageError(f"unknown host or group {name!r}{hint}")
                 continue
-            if part in self.hosts:
-                out[part] = self.host(part)
-            elif part in self.groups:
-                members = sorted(h for h in self.hosts if part in self.groups_of(h))
-                if not members:
-                    raise UsageError(f"group {part!r} has no hosts")
-                for h in members:
-                    out[h] = self.host(h)
-            elif part == "local":  # the machine gpuprov runs on (inside a pod's terminal, say): no SSH
-                out[part] = Host(name="local", address="local", groups=("all",),
-                                 vars=MappingProxyType(dict(self.defaults)), source="built-in")
-            elif part in aliases or _looks_adhoc(part):
-                adhoc = parse_adhoc(part, self.defaults)
-                out[adhoc.name] = adhoc
+            if not names and not any(c in name for c in "*?[~") and name in self.groups:
+                raise UsageError(f"group {name!r} has no hosts")
+            if op:
+                narrow.append((op, names))
             else:
-                known = sorted(self.hosts) + sorted(g for g in self.groups if g != "all")
-                hint = f" (known: {', '.join(known[:20])})" if known else " (the inventory is empty)"
-                raise UsageError(f"unknown host or group {part!r}{hint}")
-        if not out:
+                for h in sorted(names):
+                    union.setdefault(h, self.host(h, playbook_dir))
+        for op, names in narrow:
+            union = {k: v for k, v in union.items() if (k in names) == (op == "&")}
+        if not union:
             raise UsageError(f"--host {pattern!r} selects no host")
-        return list(out.values())
+        return list(union.values())
+
+    def _resolve(self, name: str) -> set[str] | None:
+        """The inventory hosts one pattern term names; None when it names nothing in the inventory."""
+        if name in self.hosts:
+            return {name}
+        if name in ("all", "*"):
+            return set(self.hosts)
+        if name in self.groups:
+            return {h for h in self.hosts if name in self.groups_of(h)}
+        if name.startswith("~"):
+            try:
+                rx = re.compile(name[1:])
+            except re.error as e:
+                raise UsageError(f"bad host pattern {name!r}: {e}") from None
+            hit = {h for h in self.hosts if rx.search(h)}
+            hit |= {h for g in self.groups if rx.search(g) for h in self.hosts if g in self.groups_of(h)}
+            return hit
+        if any(c in name for c in "*?["):
+            hit = {h for h in self.hosts if fnmatch.fnmatchcase(h, name)}
+            hit |= {h for g in self.groups if fnmatch.fnmatchcase(g, name) for h in self.hosts
+                    if g in self.groups_of(h)}
+            return hit
+        return None
+
+
+def _terms(pattern: str) -> list[str]:
+    """A pattern's terms: split on commas, and on colons except inside ``user@address:port`` and ``[v6]``."""
+    out = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        if re.fullmatch(r"[^:]*:\d+", part) or part.startswith("[") or "@" in part:
+            out.append(part)
+            continue
+        out += [t for t in part.split(":") if t]
+    return out
+
+
+def _looks_ini(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    first = next((ln.strip() for ln in head.splitlines() if ln.strip() and ln.strip()[0] not in "#;"), "")
+    return first.startswith("[") and first.endswith("]") or (path.suffix == ".ini")
+
+
+def _ini_value(v: str) -> Any:
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        return v
+
+
+def _expand_range(name: str, path: str, line: int) -> list[str]:
+    """``web[01:03]`` → web01, web02, web03 (Ansible's host ranges, numeric or a single letter)."""
+    m = re.search(r"\[([0-9a-z]+):([0-9a-z]+)(?::(\d+))?\]", name)
+    if not m:
+        return [name]
+    a, b, step = m.group(1), m.group(2), int(m.group(3) or 1)
+    if a.isdigit() and b.isdigit():
+        width = len(a) if a.startswith("0") else 0
+        vals = [str(i).zfill(width) for i in range(int(a), int(b) + 1, step)]
+    elif len(a) == len(b) == 1:
+        vals = [chr(c) for c in range(ord(a), ord(b) + 1, step)]
+    else:
+        raise InventoryError(f"cannot read the host range in {name!r}", path, line)
+    return [n for v in vals for n in _expand_range(name[:m.start()] + v + name[m.end():], path, line)]
+
+
+def _proxy_jump(args: str) -> str | None:
+    """The jump host in ``ansible_ssh_common_args`` (``-J host`` or ``-o ProxyJump=host`` or the
+    ``ProxyCommand="ssh -W %h:%p host"`` form); other options are for OpenSSH, which gpuprov does not run."""
+    try:
+        words = shlex.split(args)
+    except ValueError:
+        return None
+    for i, w in enumerate(words):
+        if w == "-J" and i + 1 < len(words):
+            return words[i + 1]
+        opt = w[2:] if w.startswith("-o") and len(w) > 2 else words[i + 1] if w == "-o" and i + 1 < len(words) \
+            else None
+        if opt:
+            k, _, v = opt.partition("=")
+            if k.strip().lower() == "proxyjump":
+                return v.strip()
+            if k.strip().lower() == "proxycommand":
+                m = re.search(r"-W\s+\S+\s+(?:-q\s+)?(\S+)", v)
+                if m:
+                    return m.group(1)
+    return None
 
 
 ADHOC_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.-]+)@)?(?P<addr>\[[0-9A-Fa-f:]+\]|[A-Za-z0-9_.-]+)"
@@ -393,18 +604,51 @@ def _plain(v: Any) -> Any:
 
 
 def parse_extra_vars(items: Iterable[str]) -> dict[str, Any]:
-    """``-e key=value`` → {key: value}; values are read as YAML (``4096`` → int, ``true`` → bool, ``{A: 1}`` → dict)."""
+    """``-e`` values as Ansible takes them: ``key=value`` (values read as YAML: ``4096`` → int, ``{A: 1}`` → a
+    mapping), ``@vars.yml`` (a YAML or JSON file), or a JSON/YAML mapping ``{"key": 1}``."""
     out: dict[str, Any] = {}
     for item in items:
+        s = item.strip()
+        if s.startswith("@"):
+            f = Path(os.path.expanduser(s[1:]))
+            if not f.is_file():
+                raise UsageError(f"-e {item!r}: no such vars file {f}")
+            data = load_yaml(f)
+            if data is None:
+                continue
+            if not isinstance(data, dict):
+                raise UsageError(f"-e {item!r}: {f} must hold a mapping of vars")
+            out.update(_check_names(_plain(data), item))
+            continue
+        if s.startswith("{"):
+            try:
+                data = json.loads(s)
+            except ValueError:
+                try:
+                    data = yaml.safe_load(s)
+                except yaml.YAMLError as e:
+                    raise UsageError(f"-e {item!r}: cannot read it as JSON or YAML: {e}") from None
+            if not isinstance(data, dict):
+                raise UsageError(f"-e {item!r}: expected a mapping")
+            out.update(_check_names(data, item))
+            continue
         if "=" not in item:
-            raise UsageError(f"-e {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        k = k.strip()
-        if not VAR_RE.match(k):
-            raise UsageError(f"-e {item!r}: {k!r} is not a valid var name")
-        try:
-            val = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            val = v
-        out[k] = val  # YAML scalars, and JSON/YAML flow mappings and lists ({a: 1}, [x, y]) as structures
+            raise UsageError(f"-e {item!r}: expected key=value, @file.yml or a JSON mapping")
+        for word in shlex.split(item) if " " in item and "=" in item.split(" ", 1)[-1] else [item]:
+            k, _, v = word.partition("=")
+            k = k.strip()
+            if not VAR_RE.match(k):
+                raise UsageError(f"-e {item!r}: {k!r} is not a valid var name")
+            try:
+                val = yaml.safe_load(v) if v.strip() else ""
+            except yaml.YAMLError:
+                val = v
+            out[k] = val  # YAML scalars, and JSON/YAML flow mappings and lists ({a: 1}, [x, y]) as structures
     return out
+
+
+def _check_names(data: dict[str, Any], item: str) -> dict[str, Any]:
+    for k in data:
+        if not isinstance(k, str) or not VAR_RE.match(k):
+            raise UsageError(f"-e {item!r}: {k!r} is not a valid var name")
+    return data

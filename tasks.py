@@ -184,18 +184,31 @@ def compat_check(c, index=None, json=False, verbose=False):
 
 @task(
     help=COMMON_HELP | {"playbook": "playbook file (e.g. tests/fixtures/playbooks/site.yml)",
+                        "host": "which hosts (Ansible's patterns: a,b  a:&b  a:!b  web*); default: each play's "
+                                "own hosts: from the inventory",
+                        "limit": "like Ansible's --limit: narrow each play's hosts to this pattern",
                         "check": "change nothing; report what would change",
                         "diff": "show before/after diffs of files and units",
-                        "tags": "only tasks with these tags (comma list)"},
+                        "tags": "only tasks with these tags (comma list)", "skip_tags": "skip tasks with these tags",
+                        "forks": "hosts at once (default GPUPROV_PARALLEL or 50)",
+                        "e": "extra vars: key=value, @vars.yml or a JSON mapping (repeatable)"},
     iterable=["e"],
 )
 @_errors
-def play(c, playbook, host, check=False, diff=False, tags=None, inventory=None, json=False, e=None, verbose=False):
-    """Run a playbook on hosts in parallel, Ansible-style; prints a recap (exit 1 when any host failed)."""
+def play(c, playbook, host=None, limit=None, check=False, diff=False, tags=None, skip_tags=None, forks=None,
+         inventory=None, json=False, e=None, verbose=False):
+    """Run a playbook Ansible-style (each play on its hosts:, hosts in parallel); prints a recap (exit 1 when any
+    host failed)."""
     from gpuprov import api, report
+    from gpuprov.errors import UsageError
 
-    hosts = api.select_hosts(host, inventory, e or [])
+    if host and limit:
+        raise UsageError("give one of --host and --limit (they mean the same here)")
+    if forks is not None and (not str(forks).isdigit() or int(forks) < 1):
+        raise UsageError(f"--forks must be a positive number, got {forks!r}")
+    hosts = api.select_hosts(host or limit or "all", inventory, e or [], playbook=playbook)
     recaps = api.play(playbook, hosts, check=check, diff=diff, tags=[x for x in (tags or "").split(",") if x],
+                      skip_tags=[x for x in (skip_tags or "").split(",") if x], forks=int(forks) if forks else None,
                       on_event=None if json else report.task_event)
     (report.recap_json if json else report.recap_human)(recaps)
     _finish(recaps)

@@ -19,7 +19,7 @@ from .executor import HostRun, RunOptions, apply_one, run_play, service_op, temp
 from .facts import Facts
 from .fleet import EXIT_FAILED, EXIT_OK, HostOutcome, for_each_host
 from .health import wait_ready
-from .inventory import Host, Inventory, parse_extra_vars
+from .inventory import Host, Inventory, filter_hosts, parse_extra_vars
 from .layout import HostLayout
 from .plan import Plan, engine_vars, fit_catalog
 from .playbook import load_playbook
@@ -44,10 +44,13 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     return Inventory.from_path(p, settings.defaults())
 
 
-def select_hosts(pattern: str, inventory: str | Path | None = None, extra_vars: Sequence[str] = ()) -> list[Host]:
-    """``--host`` + ``-e key=value`` → hosts with the command-line vars on top."""
+def select_hosts(pattern: str, inventory: str | Path | None = None, extra_vars: Sequence[str] = (),
+                 playbook: str | Path | None = None) -> list[Host]:
+    """``--host`` + ``-e`` → hosts with the command-line vars on top (and, for a playbook, the group_vars/ and
+    host_vars/ beside it)."""
     extra = parse_extra_vars(extra_vars)
-    hosts = load_inventory(inventory).select(pattern, ssh_config_aliases())
+    pdir = Path(playbook).resolve().parent if playbook else None
+    hosts = load_inventory(inventory).select(pattern, ssh_config_aliases(), pdir)
     return [h.with_vars(extra, "command line") if extra else h for h in hosts]
 
 
@@ -136,16 +139,20 @@ def forget_host(host: Host) -> bool:
 
 
 def play(playbook: str | Path, hosts: Sequence[Host], check: bool = False, diff: bool = False,
-         tags: Sequence[str] = (), on_event=None, strict: bool = False):  # noqa: ANN001, ANN201
-    """Run a playbook's plays on ``hosts`` (each play on the selected hosts it matches)."""
+         tags: Sequence[str] = (), on_event=None, strict: bool = False, skip_tags: Sequence[str] = (),
+         forks: int | None = None):  # noqa: ANN001, ANN201
+    """Run a playbook's plays, each on those of ``hosts`` its ``hosts:`` pattern names (``hosts`` is the
+    ``--host``/``--limit`` selection); set_fact and registered vars carry from one play to the next."""
     path = Path(playbook)
     plays = load_playbook(path)
     templar = Templar(template_dirs(path))
-    opts = RunOptions(check=check, diff=diff, tags=tuple(tags), on_event=on_event)
+    opts = RunOptions(check=check, diff=diff, tags=tuple(tags), skip_tags=tuple(skip_tags), on_event=on_event)
     recaps: dict[str, Any] = {}
+    store: dict[str, dict[str, Any]] = {}
     for p in plays:
-        rs = run_play(p, hosts, lambda h: open_runner(h, known_hosts(strict)), lambda h, r: None,
-                      lambda h, r, f: {}, templar, opts)
+        targets = filter_hosts(p.hosts, hosts)
+        rs = run_play(p, targets, lambda h: open_runner(h, known_hosts(strict)), lambda h, r: None,
+                      lambda h, r, f: {}, templar, opts, max_workers=forks, host_vars=store)
         for r in rs:
             if r.host in recaps:
                 recaps[r.host].merge(r)

@@ -76,12 +76,14 @@ class Scope:
     role: str | None = None
     ignore_errors: Any = False
     handler: bool = False
+    #: the blocks and includes around the task (a role's task runs once per role entry: one key each)
+    path: tuple[int, ...] = ()
 
     def child(self, t: Task, params: Mapping[str, Any] | None = None) -> Scope:
         return Scope(self.when + t.when, self.tags | set(t.tags), t.become if t.become is not None else self.become,
                      self.vars + ((t.vars,) if t.vars and not params else ()),
                      self.params + ((params,) if params else ()), t.role or self.role,
-                     t.ignore_errors or self.ignore_errors, self.handler)
+                     t.ignore_errors or self.ignore_errors, self.handler, self.path + (id(t),))
 
 
 @dataclass
@@ -130,7 +132,8 @@ class HostRun:
         self.secrets += [v for v in extra_ctx.values() if isinstance(v, Secret)]
         self.notified: list[str] = []
         self.dirty = False  # something changed on the host since the state was gathered
-        self.prepared: dict[tuple[int, int | None], _Prepared] = {}
+        self.prepared: dict[tuple[tuple[int, ...], int, int | None], _Prepared] = {}
+        self.last_failure: tuple[str, dict[str, Any]] | None = None
 
     # ----------------------------------------------------------- vars
     def ctx(self, scope: Scope, t: Task | None = None, item: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -258,7 +261,6 @@ class HostRun:
 
     def prepare(self) -> list[dict]:
         """Build every op whose args can be rendered now, and collect their state queries."""
-        queries: list[dict] = []
         leaves = list(self._leaves(self.play.tasks, Scope()))
         leaves += list(self._leaves(self.play.handlers, Scope(handler=True)))
         for t, scope in leaves:
@@ -274,13 +276,12 @@ class HostRun:
                     args = self.templar.render(t.args, ictx, t.name)
                     op, data = self._build(t, args, ictx)
                     qs = op.queries(self._octx(t, scope))
-                    self.prepared[(id(t), None if t.loop is None else idx)] = _Prepared(args, data, op, qs)
-                    queries += qs
+                    self.prepared[(scope.path, id(t), None if t.loop is None else idx)] = _Prepared(args, data, op, qs)
             except GpuprovError:
                 continue  # depends on something only its turn knows (a registered result): built then
-        return queries
+        return [q for p in self.prepared.values() for q in p.queries]
 
-    def _op_state(self, t: Task, key: tuple[int, int | None], args: Any, ctx: Mapping[str, Any],
+    def _op_state(self, t: Task, key: tuple[tuple[int, ...], int, int | None], args: Any, ctx: Mapping[str, Any],
                   octx: OpContext, fresh: bool) -> tuple[Op, list[dict]]:
         p = self.prepared.get(key)
         if p is not None and p.args == args:
@@ -340,6 +341,9 @@ class HostRun:
             ok = self._run_list(t.block, s)
             if not ok and t.rescue and not self.recap.unreachable:
                 self.recap.rescue()
+                if self.last_failure:  # what Ansible gives a rescue section to read
+                    self.host_vars["ansible_failed_task"] = {"name": self.last_failure[0]}
+                    self.host_vars["ansible_failed_result"] = self.last_failure[1]
                 ok = self._run_list(t.rescue, s)
             if t.always and not self.recap.unreachable:
                 ok = self._run_list(t.always, s) and ok
@@ -374,8 +378,11 @@ class HostRun:
         return items
 
     def _item_vars(self, t: Task, item: Any, idx: int) -> dict[str, Any]:
-        return {t.loop_var: item, "ansible_loop_var": t.loop_var, "ansible_index_var": idx,
-                "ansible_loop": {"index": idx + 1, "index0": idx}}
+        out = {t.loop_var: item, "ansible_loop_var": t.loop_var, "ansible_loop": {"index": idx + 1, "index0": idx}}
+        if t.loop_index:
+            out[t.loop_index] = idx
+            out["ansible_index_var"] = t.loop_index
+        return out
 
     def _include(self, t: Task, scope: Scope) -> bool:
         from .playbook import load_include
@@ -408,7 +415,7 @@ class HostRun:
                 if conds and not self.templar.test_all(conds, ctx, t.name):
                     r, result = TaskResult(self._title(t, ctx), "skipped", "condition false"), _skipped()
                 else:
-                    r, result = self._once(t, scope, ctx, (id(t), None))
+                    r, result = self._once(t, scope, ctx, (scope.path, id(t), None))
             else:
                 r, result = self._loop(t, scope, ctx, conds)
         except UsageError as e:
@@ -444,7 +451,7 @@ class HostRun:
             if conds and not self.templar.test_all(conds, ictx, t.name):
                 r, res = TaskResult("", "skipped", "condition false"), _skipped()
             else:
-                r, res = self._once(t, scope, ictx, (id(t), idx))
+                r, res = self._once(t, scope, ictx, (scope.path, id(t), idx))
             res.update({"item": item, t.loop_var: item, "ansible_loop_var": t.loop_var})
             results.append(res)
             msgs.append(f"({label}) {r.status}: {r.msg}" if r.msg else f"({label}) {r.status}")
@@ -458,7 +465,7 @@ class HostRun:
         r = TaskResult(self._title(t, ctx), status, "; ".join(msgs)[:2000], diffs, changed=changed)
         return r, result
 
-    def _once(self, t: Task, scope: Scope, ctx: dict[str, Any], key: tuple[int, int | None]
+    def _once(self, t: Task, scope: Scope, ctx: dict[str, Any], key: tuple[tuple[int, ...], int, int | None]
               ) -> tuple[TaskResult, dict[str, Any]]:
         """One run of a module task (one loop item): decide, apply, retry ``until``; the result Ansible registers."""
         title = self._title(t, ctx)
@@ -573,8 +580,10 @@ class HostRun:
     def _finish(self, t: Task, r: TaskResult, result: dict | None, ctx: Mapping[str, Any]) -> None:
         r.msg = self._redact(r.msg)
         self.recap.count(r)
-        if r.status == "failed" and not r.ignored and not self.recap.error:
-            self.recap.error = f"task {r.task!r} failed: {r.msg}"
+        if r.status == "failed" and not r.ignored:
+            self.last_failure = ("" if t.anonymous else r.task, result or {"failed": True, "msg": r.msg})
+            if not self.recap.error:
+                self.recap.error = f"task {r.task!r} failed: {r.msg}"
         if t.register and result is not None:
             self.host_vars[t.register] = result
         if self.opts.on_event:
@@ -592,6 +601,8 @@ def run_play(play: Play, hosts: Sequence[Host], connect: Callable[[Host], Any],
     """Run one play on many hosts in parallel (``GPUPROV_PARALLEL`` at once unless ``max_workers`` says);
     a failing or unreachable host never stops the others. ``host_vars`` keeps each host's set_fact and
     registered vars from one play to the next."""
+    if not hosts:
+        return []  # the play's pattern matched no host (Ansible: "skipping: no hosts matched")
     store = host_vars if host_vars is not None else {}
     for h in hosts:
         store.setdefault(h.name, {})

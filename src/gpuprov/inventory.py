@@ -294,7 +294,8 @@ class Inventory:
 
     def _load_ini(self, path: Path) -> None:
         """Ansible's INI inventory: ``[group]`` lines of ``host k=v``, ``[group:vars]``, ``[group:children]``,
-        host ranges ``web[01:03]``. Inline host values are read as Python literals, ``:vars`` values as text."""
+        host ranges ``web[01:03]``. Values are read as Python literals where they are one (``8080`` is a number),
+        as ansible-core 2.19 reads them."""
         section, kind = "ungrouped", "hosts"
         for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             line = raw.strip()
@@ -313,7 +314,7 @@ class Inventory:
                 k, eq, v = line.partition("=")
                 if not eq or not VAR_RE.match(k.strip()):
                     raise InventoryError(f"expected key=value in [{section}:vars], got {line!r}", str(path), n)
-                self.groups[section].vars[k.strip()] = Var(v.strip(), f"{path}:{n} (group {section})")
+                self.groups[section].vars[k.strip()] = Var(_ini_value(v.strip()), f"{path}:{n} (group {section})")
                 continue
             if kind == "children":
                 self._load_group(path, line, None, parent=section, line=n)
@@ -492,6 +493,32 @@ class Inventory:
         return None
 
 
+def filter_hosts(pattern: str, hosts: Iterable[Host]) -> list[Host]:
+    """The hosts among ``hosts`` that a play's ``hosts:`` pattern names (by host name or group, globs, ``~regex``,
+    ``a:&b``, ``a:!b``), in their given order."""
+    hosts = list(hosts)
+
+    def names(term: str) -> set[str]:
+        if term in ("all", "*"):
+            return {h.name for h in hosts}
+        if term.startswith("~"):
+            rx = re.compile(term[1:])
+            return {h.name for h in hosts if rx.search(h.name) or any(rx.search(g) for g in h.groups)}
+        return {h.name for h in hosts if fnmatch.fnmatchcase(h.name, term) or
+                any(fnmatch.fnmatchcase(g, term) for g in h.groups)}
+
+    chosen: set[str] = set()
+    narrow = []
+    for term in _terms(pattern):
+        if term[0] in "&!":
+            narrow.append((term[0], names(term[1:])))
+        else:
+            chosen |= names(term)
+    for op, ns in narrow:
+        chosen = {n for n in chosen if (n in ns) == (op == "&")}
+    return [h for h in hosts if h.name in chosen]
+
+
 def _terms(pattern: str) -> list[str]:
     """A pattern's terms: split on commas, and on colons except inside ``user@address:port`` and ``[v6]``."""
     out = []
@@ -639,12 +666,27 @@ def parse_extra_vars(items: Iterable[str]) -> dict[str, Any]:
             k = k.strip()
             if not VAR_RE.match(k):
                 raise UsageError(f"-e {item!r}: {k!r} is not a valid var name")
-            try:
-                val = yaml.safe_load(v) if v.strip() else ""
-            except yaml.YAMLError:
-                val = v
-            out[k] = val  # YAML scalars, and JSON/YAML flow mappings and lists ({a: 1}, [x, y]) as structures
+            out[k] = _cli_value(v)
     return out
+
+
+def _cli_value(v: str) -> Any:
+    """A ``-e key=value`` value. Ansible takes them all as text; gpuprov types those that read back exactly as
+    YAML (``4096``, ``true``, ``[a, b]``, ``{a: 1}``) since its planner's vars are numbers, and keeps the rest
+    as written (``3.20`` stays the text 3.20, not the number 3.2; ``0755`` stays text)."""
+    if not v.strip():
+        return ""
+    try:
+        val = yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+    if isinstance(val, bool):
+        return val if v.strip().lower() in ("true", "false") else v
+    if isinstance(val, (int, float)):
+        return val if str(val) == v.strip() else v
+    if isinstance(val, (list, dict)) or val is None and v.strip() in ("null", "~"):
+        return val
+    return v
 
 
 def _check_names(data: dict[str, Any], item: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ such a task may use the ``reveal`` filter).
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from .ops import Op
 #: keywords a task may carry beside its module (Ansible's names; ``secret`` is gpuprov's)
 TASK_KEYS = {"name", "when", "notify", "register", "changed_when", "failed_when", "retries", "until", "delay",
              "become", "tags", "secret", "loop", "with_items", "with_list", "loop_control", "ignore_errors",
-             "vars", "args", "listen", "check_mode", "no_log", "environment"}
+             "vars", "args", "listen", "check_mode", "no_log"}
 BLOCK_KEYS = {"name", "block", "rescue", "always", "when", "become", "tags", "vars", "ignore_errors"}
 PLAY_KEYS = {"name", "hosts", "vars", "vars_files", "tasks", "pre_tasks", "post_tasks", "handlers", "roles",
              "gather_facts", "become", "tags", "force_handlers"}
@@ -39,7 +38,8 @@ INCLUDES = {"include_tasks", "import_tasks", "include_role", "import_role"}
 NOT_SUPPORTED = {"delegate_to", "run_once", "local_action", "action", "async", "poll", "become_user",
                  "become_method", "serial", "strategy", "any_errors_fatal", "max_fail_percentage", "throttle",
                  "with_dict", "with_fileglob", "with_together", "with_nested", "with_sequence", "with_subelements",
-                 "include_vars", "include", "import_playbook", "connection", "debugger", "diff", "remote_user"}
+                 "include_vars", "include", "import_playbook", "connection", "debugger", "diff", "remote_user",
+                 "environment", "notify_when"}
 _FQCN = re.compile(r"^ansible\.(?:builtin|legacy|posix)\.")
 
 
@@ -67,6 +67,7 @@ class Task:
     loop: Any = None
     loop_var: str = "item"
     loop_label: str | None = None
+    loop_index: str | None = None
     ignore_errors: Any = False
     vars: Mapping[str, Any] = field(default_factory=dict)
     listen: tuple[str, ...] = ()
@@ -82,6 +83,8 @@ class Task:
     include: str | None = None
     included: tuple[Task, ...] | None = None
     flatten: bool = False
+    #: the task has no name of its own (Ansible's task.name is then empty)
+    anonymous: bool = False
 
 
 @dataclass(eq=False)
@@ -138,28 +141,48 @@ def module_name(key: str) -> str:
     return _FQCN.sub("", key)
 
 
+def _spans(text: str) -> list[tuple[int, int]]:
+    """Where the words of ``text`` start and end: split on blanks, but not inside quotes or ``{{ }}``/``{% %}``."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start, depth, quote = i, 0, ""
+        while i < n and (depth or quote or not text[i].isspace()):
+            two = text[i:i + 2]
+            if not quote and two in ("{{", "{%"):
+                depth, i = depth + 1, i + 2
+                continue
+            if not quote and depth and two in ("}}", "%}"):
+                depth, i = depth - 1, i + 2
+                continue
+            if text[i] in "'\"" and not depth:
+                quote = "" if quote == text[i] else (quote or text[i])
+            i += 1
+        out.append((start, i))
+    return out
+
+
 def parse_kv(text: str, free_form: str | None, raw_params: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Ansible's ``k=v`` argument text. For a free-form module, the ``raw_params`` (``creates=``, ``chdir=``...)
-    are taken out wherever they stand and the rest, spacing and newlines untouched, is the free-form text."""
+    """Ansible's ``k=v`` argument text (quotes and ``{{ }}`` keep a value whole). For a free-form module, the
+    ``raw_params`` (``creates=``, ``chdir=``...) are taken out wherever they stand and the rest, spacing and
+    newlines untouched, is the free-form text."""
+    out: dict[str, Any] = {}
+    cut: list[tuple[int, int]] = []
+    for a, b in _spans(text):
+        k, eq, v = text[a:b].partition("=")
+        if eq and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and (free_form is None or k in raw_params):
+            out[k] = _unquote(v)
+            cut.append((a, b))
+        elif free_form is None:
+            raise UsageError(f"cannot read arguments {text!r}: expected key=value pairs, got {text[a:b]!r}")
     if free_form is not None:
-        out: dict[str, Any] = {}
-        if raw_params:
-            pat = re.compile(r"(?:(?<=\s)|^)({})=(\"[^\"]*\"|'[^']*'|\S+)".format("|".join(map(re.escape, raw_params))))
-            for m in pat.finditer(text):
-                out[m.group(1)] = _unquote(m.group(2))
-            text = pat.sub("", text)
-        out[free_form] = text.strip()
-        return out
-    try:
-        tokens = shlex.split(text, posix=False)
-    except ValueError as e:
-        raise UsageError(f"cannot read arguments {text!r}: {e}") from None
-    out = {}
-    for tok in tokens:
-        k, eq, v = tok.partition("=")
-        if not (eq and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)):
-            raise UsageError(f"cannot read arguments {text!r}: expected key=value pairs, got {tok!r}")
-        out[k] = _unquote(v)
+        rest = text
+        for a, b in reversed(cut):
+            rest = rest[:a] + rest[b:]
+        out[free_form] = rest.strip()
     return out
 
 
@@ -259,12 +282,11 @@ class _Loader:
             if unknown:
                 raise UsageError(f"{src}: block has unknown key(s) {', '.join(sorted(unknown))} "
                                  f"(known: {', '.join(sorted(BLOCK_KEYS))})")
-            kids = {k: tuple(self.task(t, where, role) for t in (d.get(k) or [])) for k in ("block", "rescue",
-                                                                                          "always")}
+            kids = [tuple(self.task(t, where, role) for t in (d.get(k) or [])) for k in ("block", "rescue", "always")]
             return Task(str(d.get("name") or "block"), None, None, src, when=_cond(d.get("when")) or (),
                         become=_bool_or_none(d.get("become")), tags=_as_tuple(d.get("tags")),
                         vars=dict(d.get("vars") or {}), ignore_errors=d.get("ignore_errors", False), base=base,
-                        role=rname, kind="block", **kids)
+                        role=rname, kind="block", block=kids[0], rescue=kids[1], always=kids[2])
         keys = [k for k in d if k not in TASK_KEYS]
         bad = [k for k in keys if k in NOT_SUPPORTED]
         if bad:
@@ -288,7 +310,7 @@ class _Loader:
         if op not in Op.registry:
             raise UsageError(f"{src}: task {name!r}: unknown module {key!r} (known: {', '.join(known_modules())})")
         args = self._args(op, d[key], d.get("args"), src, name)
-        return Task(name, op, args, src, base=base, role=rname, **common)
+        return Task(name, op, args, src, base=base, role=rname, anonymous=not d.get("name"), **common)
 
     def _keywords(self, d: dict[str, Any], src: str, name: str) -> dict[str, Any]:
         try:
@@ -314,9 +336,9 @@ class _Loader:
                     retries=retries, until=_cond(d.get("until")), delay=delay, become=_bool_or_none(d.get("become")),
                     tags=_as_tuple(d.get("tags")), secret=bool(d.get("secret", False) or d.get("no_log", False)),
                     loop=loop, flatten=flatten, loop_var=str(lc.get("loop_var", "item")),
-                    loop_label=lc.get("label"), ignore_errors=d.get("ignore_errors", False),
-                    vars={**dict(d.get("vars") or {}), **({"__environment__": d["environment"]}
-                                                         if d.get("environment") else {})},
+                    loop_label=lc.get("label"), loop_index=lc.get("index_var"),
+                    ignore_errors=d.get("ignore_errors", False),
+                    vars=dict(d.get("vars") or {}),
                     listen=_as_tuple(d.get("listen")))
 
     def _args(self, op: str, value: Any, extra: Any, src: str, name: str) -> Any:
@@ -404,10 +426,14 @@ class _Loader:
             pvars.update(data)
         roles: list[Role] = []
         role_blocks: list[Task] = []
+        seen: list[tuple[str, str]] = []
         for spec in _as_list(d.get("roles")):
             r, params, when, tags = self.role(spec, where)
             if r not in roles:
                 roles.append(r)
+            if (r.name, repr(sorted(params.items()))) in seen:
+                continue  # Ansible runs a role once unless its params differ
+            seen.append((r.name, repr(sorted(params.items()))))
             role_blocks.append(Task(f"role {r.name}", None, None, where, kind="block", base=r.path, role=r.name,
                                     when=when, tags=tags, vars=params, block=r.tasks))
         tasks = tuple(self.task(t, where, None) for t in (d.get("pre_tasks") or []))

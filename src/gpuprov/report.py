@@ -298,7 +298,7 @@ _STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "skip
 
 def task_event(host: str, task: str, r) -> None:  # noqa: ANN001
     style = _STATUS_STYLE.get(r.status, "")
-    if r.status == "ok" and not r.diffs:
+    if r.status == "ok" and not r.diffs and not getattr(r, "show", False):
         return
     out.print(f"[{style}]{r.status:<8}[/] {esc(host)} | {esc(task)}: {esc(r.msg)}", markup=True, highlight=False)
     for d in r.diffs:
@@ -308,11 +308,11 @@ def task_event(host: str, task: str, r) -> None:  # noqa: ANN001
 
 def recap_human(recaps) -> None:  # noqa: ANN001
     t = Table(title="RECAP", title_justify="left", box=None, pad_edge=False)
-    for col in ("host", "ok", "changed", "failed", "skipped", "unreachable", "time", "execs"):
+    for col in ("host", "ok", "changed", "failed", "skipped", "rescued", "ignored", "unreachable", "time", "execs"):
         t.add_column(col)
     for r in recaps:
         t.add_row(esc(r.host), str(r.ok), f"[yellow]{r.changed}[/]" if r.changed else "0",
-                  f"[red]{r.failed}[/]" if r.failed else "0", str(r.skipped),
+                  f"[red]{r.failed}[/]" if r.failed else "0", str(r.skipped), str(r.rescued), str(r.ignored),
                   "[red]yes[/]" if r.unreachable else "no", f"{r.time_s:.2f}s", str(r.execs))
     out.print(t)
     for r in recaps:

@@ -250,11 +250,15 @@ class Templar:
             if "{{" not in value and "{%" not in value:
                 return value
             try:
-                m = re.fullmatch(r"\s*\{\{(.*?)\}\}\s*", value, re.S)
+                # an expression alone (trailing blanks aside) is its value with its type, as in Ansible 2.19:
+                # "{{ n }}\n" is the number n, while a text value keeps its trailing blanks
+                m = re.fullmatch(r"\{\{(.*?)\}\}(\s*)", value, re.S)
                 if m and "{{" not in m.group(1):
                     out = self._expr(m.group(1))(ctx)
                     if isinstance(out, jinja2.Undefined):
                         str(out)  # raises UndefinedError naming the variable
+                    if m.group(2) and isinstance(out, (str, Secret)):
+                        return f"{out}{m.group(2)}"
                     return out
                 return self._template(value).render(ctx)
             except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:

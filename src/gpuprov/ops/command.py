@@ -7,7 +7,7 @@ Arguments as Ansible names them: free form with ``creates=``/``removes=``/``chdi
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import remote
 from ..errors import UsageError
@@ -31,7 +31,7 @@ class CommandOp(Op):
     args = {"argv": True, "creates": False, "removes": False, "timeout": False, "env": False, "chdir": False,
             "stdin": False, "stdin_add_newline": False, "strip_empty_ends": False}
     aliases = {"cmd": "argv", "_raw_params": "argv"}
-    raw_params = ("creates", "removes", "chdir", "stdin")
+    raw_params: ClassVar[tuple[str, ...]] = ("creates", "removes", "chdir", "stdin")
 
     @classmethod
     def free_form(cls) -> str | None:

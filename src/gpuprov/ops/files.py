@@ -312,7 +312,7 @@ class Copy(Op):
             self.backup_file = f"{dest}.{int(time.time() * 1000) % 100000}.{stamp}"
             cmds.append(Command(ctx.argv(["cp", "-p", "--", dest, self.backup_file]), label="backup"))
         final_mode = mode or (st.get("mode") if st.get("exists") else NEW_FILE_MODE)
-        cmds.append(Command(ctx.argv(put_argv(dest, int(final_mode, 8))), stdin=data, label=f"write {dest}"))
+        cmds.append(Command(ctx.argv(put_argv(dest, int(str(final_mode), 8))), stdin=data, label=f"write {dest}"))
         cmds += attr_cmds(ctx, dest, None, owner, group, st if st.get("exists") else {})
         before = st.get("content") if st.get("exists") else None
         if st.get("exists") and before is None and not secret:

@@ -210,7 +210,7 @@ class _TextFile(Op):
                                           f"{self.path}.{int(time.time() * 1000) % 100000}."
                                           f"{time.strftime('%Y-%m-%d@%H:%M:%S~')}"]), label="backup"))
         final = mode or (st.get("mode") if st.get("exists") else NEW_FILE_MODE)
-        cmds.append(Command(ctx.argv(put_argv(self.path, int(final, 8))), stdin=after, label=f"write {self.path}"))
+        cmds.append(Command(ctx.argv(put_argv(self.path, int(str(final), 8))), stdin=after, label=f"write {self.path}"))
         cmds += attr_cmds(ctx, self.path, None, owner, group, st if st.get("exists") else {})
         self.msg = what
         return Change(f"{what or 'file created'}: {self.path}", tuple(cmds),

@@ -21,7 +21,6 @@ class SetFact(_Local):
     """Vars for this host from here on (above play and inventory vars, below -e), kept for later plays."""
 
     name = "set_fact"
-    args: dict[str, bool] = {}
 
     def __init__(self, args: Any, task: str):
         if not isinstance(args, dict) or not args:

@@ -30,7 +30,7 @@ def host_answer(outputs: list[Any]) -> State:
     if not outputs:
         return {}
     try:
-        answer = ast.literal_eval(outputs[-1].stdout)[0]
+        answer: State = dict(ast.literal_eval(outputs[-1].stdout)[0])
     except (ValueError, SyntaxError, IndexError):
         return {"failed": True, "msg": f"unreadable answer from the host: {outputs[-1].stdout[:200]!r}"}
     if "error" in answer and "status" not in answer and "msg" not in answer:

@@ -213,7 +213,7 @@ class Pip(Op):
             gone = [name for name, _, _ in reqs if name in have]
             if not gone:
                 return NoOp("not installed")
-            argv = [f"{venv}/bin/python", "-m", "pip", "uninstall", "-y", *gone]
+            argv = [f"{venv}/bin/python3", "-m", "pip", "uninstall", "-y", *gone]
             return Change(f"uninstall {', '.join(gone)}", (*cmds, Command(ctx.argv(argv), timeout=600,
                                                                           label="pip uninstall")))
         missing = self._missing(have, reqs)
@@ -228,7 +228,7 @@ class Pip(Op):
         env = ["env", *[f"{k}={v}" for k, v in (self.a.get("env") or {}).items()]]
         argv = env + install
         if judge_by_freeze:
-            argv = ["sh", "-c", FREEZE_WRAP, "gpuprov-pip", f"{venv}/bin/python", *argv]
+            argv = ["sh", "-c", FREEZE_WRAP, "gpuprov-pip", f"{venv}/bin/python3", *argv]
         what = ", ".join(f"{r} (have {have.get(n, 'none')})" for n, _, r in reqs if r in missing) or \
             f"pip {self.state}"
         return Change(f"install {what}", (*cmds, Command(ctx.argv(argv), timeout=3600, label="pip install")))
@@ -244,7 +244,7 @@ class Pip(Op):
         if self.a.get("uv"):
             argv = [str(self.a["uv"]), "pip", "install", "--quiet", "--python", f"{venv}/bin/python"]
         else:
-            argv = [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            argv = [f"{venv}/bin/python3", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         if self.state == "latest":
             argv.append("-U")
         elif self.state == "forcereinstall":

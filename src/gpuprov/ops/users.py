@@ -62,8 +62,8 @@ class User(Op):
         if self.a.get("group") is not None and str(self.a["group"]) not in (st.get("group"), str(st.get("gid"))):
             argv += ["-g", str(self.a["group"])]
             what.append("group")
-        for flag, key, have in (("-s", "shell", "shell"), ("-d", "home", "home"), ("-c", "comment", "comment")):
-            if self.a.get(key) is not None and str(self.a[key]) != st.get(have):
+        for flag, key in (("-s", "shell"), ("-d", "home"), ("-c", "comment")):
+            if self.a.get(key) is not None and str(self.a[key]) != st.get(key):
                 argv += [flag, str(self.a[key])]
                 what.append(key)
         if self.a.get("groups") is not None:

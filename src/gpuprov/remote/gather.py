@@ -47,6 +47,8 @@ def q_stat(q):
     try:
         st = os.stat(p) if q.get("follow") else os.lstat(p)
     except OSError:
+        if q.get("parent"):
+            return {"exists": False, "parent_exists": os.path.isdir(os.path.dirname(p.rstrip("/")) or "/")}
         return {"exists": False}
     out = _entry(p, st)
     if out["type"] == "link":

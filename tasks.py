@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
+from pathlib import Path
 
 from invoke import Exit, task
 
@@ -206,6 +207,8 @@ def play(c, playbook, host=None, limit=None, check=False, diff=False, tags=None,
         raise UsageError("give one of --host and --limit (they mean the same here)")
     if forks is not None and (not str(forks).isdigit() or int(forks) < 1):
         raise UsageError(f"--forks must be a positive number, got {forks!r}")
+    if not Path(playbook).is_file():
+        raise UsageError(f"no such playbook: {playbook}")
     hosts = api.select_hosts(host or limit or "all", inventory, e or [], playbook=playbook)
     recaps = api.play(playbook, hosts, check=check, diff=diff, tags=[x for x in (tags or "").split(",") if x],
                       skip_tags=[x for x in (skip_tags or "").split(",") if x], forks=int(forks) if forks else None,

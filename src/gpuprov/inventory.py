@@ -456,6 +456,8 @@ class Inventory:
                     hint = f" (known: {', '.join(known[:20])})" if known else " (the inventory is empty)"
                     raise UsageError(f"unknown host or group {name!r}{hint}")
                 continue
+            if not names and name in ("all", "*") and not self.hosts:
+                raise UsageError("the inventory has no hosts (give --host, or --inventory FILE|DIR)")
             if not names and not any(c in name for c in "*?[~") and name in self.groups:
                 raise UsageError(f"group {name!r} has no hosts")
             if op:
@@ -684,8 +686,8 @@ def _cli_value(v: str) -> Any:
         return val if v.strip().lower() in ("true", "false") else v
     if isinstance(val, (int, float)):
         return val if str(val) == v.strip() else v
-    if isinstance(val, (list, dict)) or val is None and v.strip() in ("null", "~"):
-        return val
+    if isinstance(val, (list, dict, str)) or val is None and v.strip() in ("null", "~"):
+        return val  # a quoted text loses its quotes, as YAML reads it
     return v
 
 

@@ -124,3 +124,32 @@ def test_extra_vars():
 def test_bad_adhoc(spec):
     with pytest.raises(UsageError):
         parse_adhoc(spec)
+
+
+def test_extra_vars_in_ansibles_forms(tmp_path):
+    f = tmp_path / "v.yml"
+    f.write_text("a: 1\nb: [x]\n")
+    got = parse_extra_vars([f"@{f}", '{"c": {"d": 2}}', 'url="http://10.0.0.1/simple" v=3.20 n=4096 m=0755'])
+    # quoted text loses its quotes; a value YAML would change (3.20 → 3.2, 0755 → 493) stays as written
+    assert got == {"a": 1, "b": ["x"], "c": {"d": 2}, "url": "http://10.0.0.1/simple", "v": "3.20", "n": 4096,
+                   "m": "0755"}
+
+
+def test_ini_folder_with_group_vars_and_patterns(tmp_path):
+    inv = tmp_path / "inv"
+    (inv / "group_vars" / "gpus").mkdir(parents=True)
+    (inv / "host_vars").mkdir()
+    (inv / "hosts.ini").write_text("[gpus]\nnode[1:3] ansible_user=root\n\n[gpus:vars]\nhttp_port=2222\n\n"
+                                   "[big:children]\ngpus\n\n[edge]\nnode3 ansible_host=10.0.0.3 ansible_port=2200\n")
+    (inv / "group_vars" / "all.yml").write_text("color: blue\nshared: all\n")
+    (inv / "group_vars" / "gpus" / "a.yml").write_text("shared: gpus-file\n")
+    (inv / "host_vars" / "node2.yml").write_text("shared: host-file\n")
+    i = Inventory.from_path(inv)
+    assert sorted(h.name for h in i.select("big")) == ["node1", "node2", "node3"]
+    assert [h.name for h in i.select("gpus:&edge")] == ["node3"]
+    assert sorted(h.name for h in i.select("node*:!edge")) == ["node1", "node2"]
+    n3 = i.host("node3")
+    assert (n3.address, n3.port, n3.user) == ("10.0.0.3", 2200, "root")
+    # the group's inline vars lose to its group_vars/ file, which loses to host_vars/
+    assert i.host("node1").var("shared") == "gpus-file" and i.host("node2").var("shared") == "host-file"
+    assert i.host("node1").var("http_port") == 2222 and i.host("node1").var("color") == "blue"

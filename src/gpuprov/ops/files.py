@@ -285,7 +285,8 @@ class Copy(Op):
             raise UsageError(f"task {self.task!r}: dest {dest} is a folder; end it with / to copy into it")
         if st.get("exists") and st.get("type") not in ("file",):
             raise UsageError(f"task {self.task!r}: {dest} exists and is a {st['type']}")
-        if not st.get("exists") and not st.get("parent_exists", True):
+        if not st.get("exists") and not st.get("parent_exists", True) and not ctx.check_mode:
+            # (in check mode the folder is usually what an earlier task would have made: say what would change)
             raise UsageError(f"task {self.task!r}: Destination directory {posixpath.dirname(dest)} does not exist")
         if st.get("exists") and self.a.get("force") is False:
             return NoOp(f"{dest} exists (force: no)")

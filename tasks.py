@@ -517,7 +517,8 @@ def test(c, k=None, x=False, quick=False, no_lint=False):
     if not no_lint:
         c.run(shlex.join([sys.executable, "-m", "ruff", "check", "."]), pty=False)
         c.run(shlex.join([sys.executable, "-m", "mypy"]), pty=False)
-    args = [sys.executable, "-m", "pytest", "tests"]
+    # the 15 slowest tests close the report: CI's time budget is watched from it
+    args = [sys.executable, "-m", "pytest", "tests", "--durations=15"]
     if k:
         args += ["-k", k]
     if x:

@@ -2,7 +2,7 @@
 ``executor.py``).
 
 A playbook is a list of plays (``hosts``, ``vars``, ``vars_files``, ``roles``, ``pre_tasks``, ``tasks``,
-``post_tasks``, ``handlers``, ``gather_facts``, ``become``, ``tags``) or ``import_playbook`` entries. A task is one
+``post_tasks``, ``handlers``, ``gather_facts``, ``become``, ``tags``, ``force_handlers``). A task is one
 module (``copy:``, ``ansible.builtin.copy:``; arguments as a mapping, as ``k=v`` text, or free form for
 ``command``/``shell``; ``args:`` merges in) with Ansible's task keywords, or a ``block`` with ``rescue`` and
 ``always``, or ``import_tasks``/``include_tasks``/``import_role``/``include_role``, or ``meta: flush_handlers``.

@@ -75,19 +75,36 @@ def attr_cmds(ctx: OpContext, path: str, mode: str | None, owner: Any, group: An
     return cmds
 
 
+def write_cmds(ctx: OpContext, path: str, data: bytes, mode: str | None, owner: Any, group: Any, st: State,
+               backup: bool = False) -> tuple[list[Command], str | None]:
+    """The commands that replace ``path`` with ``data`` atomically (copy, template, lineinfile, blockinfile): a
+    backup copy first when asked and the file exists, the mode asked (else the old file's, else 0644), then owner
+    and group; and the backup's name (Ansible's ``path.NNNNN.YYYY-MM-DD@HH:MM:SS~``)."""
+    from ..connection import put_argv
+
+    cmds, backup_file = [], None
+    if backup and st.get("exists"):
+        backup_file = f"{path}.{int(time.time() * 1000) % 100000}.{time.strftime('%Y-%m-%d@%H:%M:%S~')}"
+        cmds.append(Command(ctx.argv(["cp", "-p", "--", path, backup_file]), label="backup"))
+    final = mode or (st.get("mode") if st.get("exists") else NEW_FILE_MODE)
+    cmds.append(Command(ctx.argv(put_argv(path, int(str(final), 8))), stdin=data, label=f"write {path}"))
+    cmds += attr_cmds(ctx, path, None, owner, group, st if st.get("exists") else {})
+    return cmds, backup_file
+
+
 def _attr_diff(path: str, st: State, mode: str | None, owner: Any, group: Any) -> Diff:
     before = f"mode {st.get('mode')}, owner {st.get('owner')}, group {st.get('group')}\n"
     after = f"mode {mode or st.get('mode')}, owner {owner or st.get('owner')}, group {group or st.get('group')}\n"
     return Diff(path, before, after)
 
 
-def file_result(path: str, st: State | None, mode: str | None = None, state: str | None = None) -> State:
+def file_result(path: str, st: State | None) -> State:
     """What Ansible's file-like modules register (path/dest, mode, owner, group, state, size)."""
     if not st or not st.get("exists"):
-        return {"path": path, "state": state or "absent"}
-    return {"path": path, "mode": mode or st.get("mode"), "owner": st.get("owner"), "group": st.get("group"),
+        return {"path": path, "state": "absent"}
+    return {"path": path, "mode": st.get("mode"), "owner": st.get("owner"), "group": st.get("group"),
             "uid": st.get("uid"), "gid": st.get("gid"), "size": st.get("size"),
-            "state": state or {"directory": "directory", "link": "link"}.get(st.get("type", ""), "file")}
+            "state": {"directory": "directory", "link": "link"}.get(st.get("type", ""), "file")}
 
 
 class File(Op):
@@ -162,11 +179,11 @@ class File(Op):
 
     def _mkdirs(self, ctx: OpContext, state: list[State]) -> Change:
         """Every missing folder down to ``path``, each with the mode/owner/group asked (as Ansible's file does)."""
-        parents = state[1:]
-        missing = [q["path"] for q, st in zip(self.queries(ctx)[1:], parents, strict=False) if not st.get("exists")]
-        for q, st in zip(self.queries(ctx)[1:], parents, strict=False):
-            if st.get("exists") and st.get("type") not in ("directory",) and st.get("target_type") != "directory":
-                raise UsageError(f"task {self.task!r}: {q['path']} exists and is not a directory")
+        parents = list(zip((q["path"] for q in self.queries(ctx)[1:]), state[1:], strict=True))
+        for p, st in parents:
+            if st.get("exists") and st.get("type") != "directory" and st.get("target_type") != "directory":
+                raise UsageError(f"task {self.task!r}: {p} exists and is not a directory")
+        missing = [p for p, st in parents if not st.get("exists")]
         missing.append(self.path)
         mode = resolve_mode(self.a.get("mode"), None, True, self.task)
         cmds = []
@@ -305,16 +322,7 @@ class Copy(Op):
             if not cmds:
                 return NoOp(f"{dest} is up to date")
             return Change(f"attributes of {dest}", tuple(cmds), (_attr_diff(dest, st, mode, owner, group),))
-        from ..connection import put_argv
-
-        cmds = []
-        if self.a.get("backup") and st.get("exists"):
-            stamp = time.strftime("%Y-%m-%d@%H:%M:%S~")
-            self.backup_file = f"{dest}.{int(time.time() * 1000) % 100000}.{stamp}"
-            cmds.append(Command(ctx.argv(["cp", "-p", "--", dest, self.backup_file]), label="backup"))
-        final_mode = mode or (st.get("mode") if st.get("exists") else NEW_FILE_MODE)
-        cmds.append(Command(ctx.argv(put_argv(dest, int(str(final_mode), 8))), stdin=data, label=f"write {dest}"))
-        cmds += attr_cmds(ctx, dest, None, owner, group, st if st.get("exists") else {})
+        cmds, self.backup_file = write_cmds(ctx, dest, data, mode, owner, group, st, bool(self.a.get("backup")))
         before = st.get("content") if st.get("exists") else None
         if st.get("exists") and before is None and not secret:
             before = f"(sha256 {st.get('sha256')})\n"

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .base import Change, Command, Diff, NoOp, Op, OpContext, State
-from .files import NEW_FILE_MODE, attr_cmds, file_result, resolve_mode
+from .files import attr_cmds, file_result, resolve_mode, write_cmds
 
 NL = b"\n"
 
@@ -198,20 +198,11 @@ class _TextFile(Op):
             if not cmds:
                 return NoOp(f"{self.path}: nothing to change")
             return Change(f"attributes of {self.path}", tuple(cmds))
-        from ..connection import put_argv
-
         cmds = []
         if not st.get("exists") and not st.get("parent_exists", True):
             cmds.append(Command(ctx.argv(["mkdir", "-p", "--", self.path.rsplit("/", 1)[0] or "/"])))
-        if self.a.get("backup") and st.get("exists"):
-            import time
-
-            cmds.append(Command(ctx.argv(["cp", "-p", "--", self.path,
-                                          f"{self.path}.{int(time.time() * 1000) % 100000}."
-                                          f"{time.strftime('%Y-%m-%d@%H:%M:%S~')}"]), label="backup"))
-        final = mode or (st.get("mode") if st.get("exists") else NEW_FILE_MODE)
-        cmds.append(Command(ctx.argv(put_argv(self.path, int(str(final), 8))), stdin=after, label=f"write {self.path}"))
-        cmds += attr_cmds(ctx, self.path, None, owner, group, st if st.get("exists") else {})
+        writes, _ = write_cmds(ctx, self.path, after, mode, owner, group, st, bool(self.a.get("backup")))
+        cmds += writes
         self.msg = what
         return Change(f"{what or 'file created'}: {self.path}", tuple(cmds),
                       (Diff(self.path, before.decode("utf-8", "replace") if before is not None else None,

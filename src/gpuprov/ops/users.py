@@ -19,7 +19,18 @@ def _names(v: Any, task: str) -> list[str]:
     raise UsageError(f"task {task!r}: groups must be a list or a comma-separated text")
 
 
-class User(Op):
+class _Account(Op):
+    """user and group alike: ``state`` present or absent, decided from the host's account of that name."""
+
+    def validate(self) -> None:
+        if self.a.get("state", "present") not in ("present", "absent"):
+            raise UsageError(f"task {self.task!r}: {self.name} state must be present or absent")
+
+    def queries(self, ctx: OpContext) -> list[State]:
+        return [{"kind": self.name, "name": str(self.a["name"])}]
+
+
+class User(_Account):
     name = "user"
     args = {"name": True, "state": False, "uid": False, "group": False, "groups": False, "append": False,
             "shell": False, "home": False, "create_home": False, "system": False, "comment": False,
@@ -27,12 +38,8 @@ class User(Op):
     aliases = {"createhome": "create_home", "user": "name"}
 
     def validate(self) -> None:
-        if self.a.get("state", "present") not in ("present", "absent"):
-            raise UsageError(f"task {self.task!r}: user state must be present or absent")
+        super().validate()
         self.groups = _names(self.a.get("groups"), self.task)
-
-    def queries(self, ctx: OpContext) -> list[State]:
-        return [{"kind": "user", "name": str(self.a["name"])}]
 
     def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         st, name = state[0], str(self.a["name"])
@@ -85,16 +92,9 @@ class User(Op):
                 **{k: st[k] for k in ("uid", "group", "home", "shell", "comment") if k in st}}
 
 
-class Group(Op):
+class Group(_Account):
     name = "group"
     args = {"name": True, "state": False, "gid": False, "system": False}
-
-    def validate(self) -> None:
-        if self.a.get("state", "present") not in ("present", "absent"):
-            raise UsageError(f"task {self.task!r}: group state must be present or absent")
-
-    def queries(self, ctx: OpContext) -> list[State]:
-        return [{"kind": "group", "name": str(self.a["name"])}]
 
     def check(self, ctx: OpContext, state: list[State]) -> NoOp | Change:
         st, name = state[0], str(self.a["name"])

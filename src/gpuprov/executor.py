@@ -54,7 +54,8 @@ def gather(runner: Any, queries: list[dict]) -> list[dict]:
         return []
     import ast
 
-    res = remote.run(runner, "gather", code=f"\nmain({queries!r})\n", flags=("-S",), timeout=120)
+    argv, stdin = remote.gather_command(queries)
+    res = runner.run(argv, stdin=stdin, timeout=120)
     if res.exit_status != 0:
         raise RemoteError(f"{runner.host.name}: state gathering failed: {res.stderr.strip()[-300:]}")
     try:
@@ -75,7 +76,6 @@ class Scope:
     params: tuple[Mapping[str, Any], ...] = ()
     role: str | None = None
     ignore_errors: Any = False
-    handler: bool = False
     #: the blocks and includes around the task (a role's task runs once per role entry: one key each)
     path: tuple[int, ...] = ()
 
@@ -83,7 +83,7 @@ class Scope:
         return Scope(self.when + t.when, self.tags | set(t.tags), t.become if t.become is not None else self.become,
                      self.vars + ((t.vars,) if t.vars and not params else ()),
                      self.params + ((params,) if params else ()), t.role or self.role,
-                     t.ignore_errors or self.ignore_errors, self.handler, self.path + (id(t),))
+                     t.ignore_errors or self.ignore_errors, self.path + (id(t),))
 
 
 @dataclass
@@ -93,10 +93,6 @@ class _Prepared:
     op: Op
     queries: list[dict]
     state: list[dict] = field(default_factory=list)
-
-
-class _Failed(Exception):
-    """A task failed and nothing (ignore_errors, rescue) took it over: the host stops."""
 
 
 class HostRun:
@@ -134,6 +130,9 @@ class HostRun:
         self.dirty = False  # something changed on the host since the state was gathered
         self.prepared: dict[tuple[tuple[int, ...], int, int | None], _Prepared] = {}
         self.last_failure: tuple[str, dict[str, Any]] | None = None
+        #: whether the host's vars changed after prepare (facts, set_fact, register): a prepared template's
+        #: text is rendered again at its turn only if they did
+        self.vars_changed = False
 
     # ----------------------------------------------------------- vars
     def ctx(self, scope: Scope, t: Task | None = None, item: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -262,7 +261,7 @@ class HostRun:
     def prepare(self) -> list[dict]:
         """Build every op whose args can be rendered now, and collect their state queries."""
         leaves = list(self._leaves(self.play.tasks, Scope()))
-        leaves += list(self._leaves(self.play.handlers, Scope(handler=True)))
+        leaves += list(self._leaves(self.play.handlers, Scope()))
         for t, scope in leaves:
             try:
                 ctx = self.ctx(scope, t)
@@ -285,8 +284,8 @@ class HostRun:
                   octx: OpContext, fresh: bool) -> tuple[Op, list[dict]]:
         p = self.prepared.get(key)
         if p is not None and p.args == args:
-            op, data = p.op, p.data
-            if isinstance(op, Template):  # its text may depend on vars set since
+            op = p.op
+            if isinstance(op, Template) and self.vars_changed:  # its text may depend on vars set since
                 op2, data = self._build(t, args, ctx)
                 if data != p.data:
                     op = op2
@@ -330,6 +329,7 @@ class HostRun:
         if "error" in answer:
             raise RemoteError(f"{self.host.name}: gathering facts failed: {answer['error']}")
         self.ansible_facts = {"ansible_facts": answer, **{f"ansible_{k}": v for k, v in answer.items()}}
+        self.vars_changed = True
         self.recap.count(TaskResult("Gathering Facts", "ok", "facts gathered"))
 
     def _run_list(self, tasks: tuple[Task, ...], scope: Scope) -> bool:
@@ -342,8 +342,8 @@ class HostRun:
             if not ok and t.rescue and not self.recap.unreachable:
                 self.recap.rescue()
                 if self.last_failure:  # what Ansible gives a rescue section to read
-                    self.host_vars["ansible_failed_task"] = {"name": self.last_failure[0]}
-                    self.host_vars["ansible_failed_result"] = self.last_failure[1]
+                    self._set_vars({"ansible_failed_task": {"name": self.last_failure[0]},
+                                    "ansible_failed_result": self.last_failure[1]})
                 ok = self._run_list(t.rescue, s)
             if t.always and not self.recap.unreachable:
                 ok = self._run_list(t.always, s) and ok
@@ -363,7 +363,7 @@ class HostRun:
             pending, self.notified = self.notified, []
             for h in self.play.handlers:
                 if h.name in pending or set(h.listen) & set(pending):
-                    if not self._leaf(h, Scope(handler=True)):
+                    if not self._leaf(h, Scope()):
                         return False
         return True
 
@@ -533,7 +533,7 @@ class HostRun:
         op = Op.registry[str(t.op)](args, title)
         result = {"changed": False, "failed": False, **op.run_local(lambda e: self.templar.evaluate(e, ctx, title))}
         if "ansible_facts" in result and not result.get("failed"):
-            self.host_vars.update(result["ansible_facts"])
+            self._set_vars(result["ansible_facts"])
         status = "failed" if result.get("failed") else "ok"
         msg = str(result.get("msg", ""))
         r = TaskResult(title, status, self._redact(msg), show=t.op == "debug")
@@ -570,6 +570,11 @@ class HostRun:
             return TaskResult(title, "failed", self._redact(failed_msg), changed=decision.changes)
         return TaskResult(title, "changed" if result["changed"] else "ok", decision.summary)
 
+    def _set_vars(self, new: Mapping[str, Any]) -> None:
+        """set_fact, register and the rescue vars: the host's vars changed since the play's gather."""
+        self.host_vars.update(new)
+        self.vars_changed = True
+
     def _with_result(self, t: Task, result: dict, ctx: Mapping[str, Any]) -> dict:
         """Context for changed_when / failed_when / until: the result by its register name (and as ``result``)."""
         out = {**ctx, "result": result}
@@ -585,7 +590,7 @@ class HostRun:
             if not self.recap.error:
                 self.recap.error = f"task {r.task!r} failed: {r.msg}"
         if t.register and result is not None:
-            self.host_vars[t.register] = result
+            self._set_vars({t.register: result})
         if self.opts.on_event:
             self.opts.on_event(self.host.name, r.task, r)
 

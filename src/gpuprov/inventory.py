@@ -183,6 +183,9 @@ class Inventory:
         self.defaults: dict[str, Var] = dict(defaults or {})
         self.groups: dict[str, _Group] = {"all": _Group("all")}
         self.hosts: dict[str, _HostDecl] = {}
+        #: folders whose group_vars/ and host_vars/ belong to the inventory (set by from_path)
+        self.var_dirs: list[Path] = []
+        self._dir_cache: dict[Path, tuple[dict[str, dict[str, Var]], dict[str, dict[str, Var]]]] = {}
         for f in self.files:
             self._load_file(f)
 
@@ -201,9 +204,6 @@ class Inventory:
         inv = cls(files, defaults)
         inv.var_dirs = var_dirs
         return inv
-
-    #: folders whose group_vars/ and host_vars/ belong to the inventory
-    var_dirs: list[Path] = []
 
     def _load_file(self, path: Path) -> None:
         if path.suffix not in (".yml", ".yaml", ".json") and _looks_ini(path):
@@ -337,7 +337,13 @@ class Inventory:
                     self.groups.setdefault("ungrouped", _Group("ungrouped", {"all"})).hosts.add(hname)
 
     def _dir_vars(self, d: Path) -> tuple[dict[str, dict[str, Var]], dict[str, dict[str, Var]]]:
-        """group_vars/ and host_vars/ under ``d``: {name: vars} for groups and for hosts."""
+        """group_vars/ and host_vars/ under ``d``: {name: vars} for groups and for hosts (read once per folder,
+        not once per host)."""
+        if d not in self._dir_cache:
+            self._dir_cache[d] = self._read_dir_vars(d)
+        return self._dir_cache[d]
+
+    def _read_dir_vars(self, d: Path) -> tuple[dict[str, dict[str, Var]], dict[str, dict[str, Var]]]:
         out: list[dict[str, dict[str, Var]]] = [{}, {}]
         for i, sub in enumerate(("group_vars", "host_vars")):
             base = d / sub

@@ -386,8 +386,7 @@ class _Loader:
         if "{{" not in target:
             if is_role:
                 r, rparams, _, _ = self.role(target, src)
-                children = (Task(f"role {r.name}", None, None, src, kind="block", base=r.path, role=r.name,
-                                 vars={**rparams}, block=r.tasks),)
+                children = (_role_block(r, rparams, src),)
             else:
                 children = self._task_file(self._find(target, where, role), role)
         common = {**common, "vars": {**common["vars"], **params}}
@@ -431,18 +430,18 @@ class _Loader:
             r, params, when, tags = self.role(spec, where)
             if r not in roles:
                 roles.append(r)
-            if (r.name, repr(sorted(params.items()))) in seen:
+            key = (r.name, repr(sorted(params.items())))
+            if key in seen:
                 continue  # Ansible runs a role once unless its params differ
-            seen.append((r.name, repr(sorted(params.items()))))
-            role_blocks.append(Task(f"role {r.name}", None, None, where, kind="block", base=r.path, role=r.name,
-                                    when=when, tags=tags, vars=params, block=r.tasks))
+            seen.append(key)
+            role_blocks.append(_role_block(r, params, where, when, tags))
         tasks = tuple(self.task(t, where, None) for t in (d.get("pre_tasks") or []))
-        pre_flush = (Task("flush", None, None, where, meta="flush_handlers", kind="meta"),) if tasks else ()
+        pre_flush = (_flush(where),) if tasks else ()
         tasks = tasks + pre_flush + tuple(role_blocks) + tuple(self.task(t, where, None) for t in
                                                                (d.get("tasks") or []))
         post = tuple(self.task(t, where, None) for t in (d.get("post_tasks") or []))
         if post:
-            tasks += (Task("flush", None, None, where, meta="flush_handlers", kind="meta"),) + post
+            tasks += (_flush(where),) + post
         handlers = tuple(self.task(t, where, None) for t in (d.get("handlers") or [])) + tuple(self.role_handlers)
         for r in self.roles.values():  # roles pulled in by import_role/include_role bring their vars too
             if r not in roles:
@@ -458,6 +457,18 @@ class _Loader:
                     handlers, where, gather_facts=bool(gf), roles=tuple(roles), become=_bool_or_none(d.get("become")),
                     tags=_as_tuple(d.get("tags")), force_handlers=bool(d.get("force_handlers", False)),
                     base=str(self.base))
+
+
+def _role_block(r: Role, params: Mapping[str, Any], src: str, when: tuple[str, ...] = (),
+                tags: tuple[str, ...] = ()) -> Task:
+    """A role's tasks as one block: its folder for ``src`` lookups, its name for its vars, its params as vars."""
+    return Task(f"role {r.name}", None, None, src, kind="block", base=r.path, role=r.name, when=when, tags=tags,
+                vars=dict(params), block=r.tasks)
+
+
+def _flush(src: str) -> Task:
+    """The handler flush Ansible puts between a play's sections (pre_tasks | roles + tasks | post_tasks)."""
+    return Task("flush", None, None, src, meta="flush_handlers", kind="meta")
 
 
 def _hosts(v: Any) -> str:

@@ -225,6 +225,7 @@ class Templar:
         # compiled once, rendered per host (a 50-host run would otherwise compile each string 50 times)
         self._templates: dict[str, jinja2.Template] = {}
         self._exprs: dict[str, Any] = {}
+        self._files: dict[str, jinja2.Template] = {}
 
     def _expr(self, source: str):  # noqa: ANN202
         f = self._exprs.get(source)
@@ -301,7 +302,11 @@ class Templar:
             if path.is_absolute() or path.is_file():
                 if not path.is_file():
                     raise jinja2.TemplateNotFound(src)
-                return self.files_env.from_string(path.read_text(encoding="utf-8")).render(ctx)
+                key = str(path.resolve())
+                t = self._files.get(key)
+                if t is None:  # compiled once per run, rendered per host
+                    t = self._files[key] = self.files_env.from_string(path.read_text(encoding="utf-8"))
+                return t.render(ctx)
             return self.files_env.get_template(src).render(ctx)
         except jinja2.TemplateNotFound:
             raise UsageError(f"task {task!r}: template {src!r} not found") from None

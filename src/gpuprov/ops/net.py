@@ -22,7 +22,7 @@ ALGOS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 
 def host_call(query: State, timeout: float, label: str) -> Command:
     """A Command that answers one gather query on the host when its turn comes (its stdout: a list of one answer)."""
-    argv, program = remote.command("gather", code=f"\nmain({[query]!r})\n", flags=("-S",))
+    argv, program = remote.gather_command([query])
     return Command(tuple(argv), stdin=program, timeout=timeout, label=label)
 
 

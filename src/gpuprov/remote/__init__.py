@@ -39,6 +39,11 @@ def command(name: str, *args: object, code: str = "", stdin: bytes = b"", python
     return [python, *flags, "-c", LOADER, str(len(text)), *[str(a) for a in args]], text + stdin
 
 
+def gather_command(queries: list[dict]) -> tuple[list[str], bytes]:
+    """``(argv, stdin)`` of the state gatherer answering ``queries`` (``python3 -S``: no site imports)."""
+    return command("gather", code=f"\nmain({queries!r})\n", flags=("-S",))
+
+
 def run(runner: Any, name: str, *args: object, timeout: float, **kw: Any) -> Any:
     """Run program ``name`` on ``runner``'s host and return the runner's ``Result``."""
     argv, stdin = command(name, *args, **kw)

@@ -79,8 +79,6 @@ def q_stat(q):
                 except OSError:
                     pass
         out["tree"] = tree
-    if q.get("parent"):
-        out["parent_exists"] = os.path.isdir(os.path.dirname(p.rstrip("/")) or "/")
     return out
 
 

@@ -36,6 +36,15 @@ def _finish(results):
 def _verbose(on):
     import logging
 
+    from gpuprov import report
+
+    notices = logging.getLogger("gpuprov.notice")  # one-line notices (a re-pinned host key), with or without -v
+    if not notices.handlers:
+        handler = logging.Handler()
+        handler.emit = lambda rec: report.note(rec.getMessage())
+        notices.addHandler(handler)
+        notices.propagate = False
+        notices.setLevel(logging.INFO)
     if on:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="[%(name)s] %(message)s")
         logging.getLogger("paramiko").setLevel(logging.INFO)
@@ -456,11 +465,17 @@ def bench(c, hosts="1,10,50", runs=3, json=False, keep=False, tools="gpuprov,pyi
 @task(name="inventory", help=COMMON_HELP, iterable=["e"])
 @_errors
 def inventory_(c, host="all", inventory=None, json=False, e=None, verbose=False):
-    """Show hosts with their merged vars and where each value came from."""
+    """Show hosts with their merged vars and where each value came from (and the pods a runpod source skipped)."""
     from gpuprov import api, report
 
-    hosts = api.select_hosts(host, inventory, e or [])
+    inv = api.load_inventory(inventory)
+    hosts = api.select_hosts(host, inv, e or [])
     (report.inventory_json if json else report.inventory_human)(hosts)
+    for src in inv.sources:
+        if src.error:
+            report.error(f"{src.path}: {src.error}")
+        for name, why in sorted(src.unavailable.items()):
+            report.note(f"{name}: not a host: {why}")
 
 
 @task(help=HOST_ONLY_HELP)
@@ -478,23 +493,52 @@ def forget_host(c, host, inventory=None, verbose=False):
     help={
         "name": "host name (lowercase letters, digits, dashes)",
         "gpu": "GPU persona: a recorded nvidia-smi -q -x file or its name, or 'none'",
-        "systemd": "boot a real systemd in an nspawn container (VM-like); default is a RunPod-like host",
+        "systemd": "boot a real systemd in an nspawn container (VM-like); default is a container-like host",
         "gpu_mode": "how the stand-in driver behaves: no-nvml (only nvidia-smi) | no-driver | driver-not-loaded | "
                     "mismatch | no-permission",
         "engine": "standin (default: a small stand-in vllm) | real (the real vLLM 0.32.0 CPU build and a tiny model)",
+        "runpod": "a RunPod-like pod: private /workspace, RUNPOD_* in PID 1's env and /etc/rp_environment, sshd on "
+                  "a random port, listed by the lab's stand-in RunPod API (inventory/sim-runpod.yml)",
+        "pod_env": "KEY=VALUE in the pod's own environment, such as MODEL=org/name (repeatable; needs --runpod)",
+        "ssh_proxy_only": "sshd behaves like RunPod's SSH proxy: a PTY shell only (no commands, SFTP, forwarding)",
         "verbose": VERBOSE_HELP,
-    }
+    },
+    iterable=["pod_env"],
 )
 @_errors
-def sim_up(c, name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=False, gpu_mode="", engine="standin", verbose=False):
+def sim_up(c, name, gpu="2x-rtx-a5000_driver-590.44.01", systemd=False, gpu_mode="", engine="standin",
+           runpod=False, pod_env=None, ssh_proxy_only=False, verbose=False):
     """Start a simulated GPU host (real sshd in its own network namespace; the GPU is a stand-in)."""
+    from gpuprov import report
+    from gpuprov.errors import UsageError
+    from gpuprov.sim import control as lab
+
+    env = {}
+    for item in pod_env or []:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise UsageError(f"--pod-env {item!r}: expected KEY=VALUE")
+        env[k] = v
+    h = lab.sim_up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode, engine=engine, runpod=runpod, pod_env=env,
+                   proxy_only=ssh_proxy_only)
+    kind = ("RunPod-like pod " + h.pod_id if h.runpod else "systemd" if h.systemd else "plain")
+    report.note(f"{h.name}: up at {h.address}{'' if h.port == 22 else f' port {h.port}'} ({kind}, GPU persona "
+                f"{'none' if h.gpu == 'none' else h.gpu.rsplit('/', 1)[-1]}"
+                f"{', real vLLM CPU engine' if h.engine == 'real' else ''}"
+                f"{', PTY-only like RunPod’s SSH proxy' if h.proxy_only else ''}); "
+                f"try `invoke probe --host {h.name}`")
+
+
+@task(help={"name": "the pod (a host started with --runpod)", "verbose": VERBOSE_HELP})
+@_errors
+def sim_reset(c, name, verbose=False):
+    """Reset a simulated pod as RunPod does: processes end, all but /workspace is wiped, new host key, new port."""
     from gpuprov import report
     from gpuprov.sim import control as lab
 
-    h = lab.sim_up(name, gpu=gpu, systemd=systemd, gpu_mode=gpu_mode, engine=engine)
-    report.note(f"{h.name}: up at {h.address} ({'systemd' if h.systemd else 'plain'}, GPU persona "
-                f"{'none' if h.gpu == 'none' else h.gpu.rsplit('/', 1)[-1]}"
-                f"{', real vLLM CPU engine' if h.engine == 'real' else ''}); try `invoke probe --host {h.name}`")
+    h = lab.sim_reset(name)
+    report.note(f"{h.name}: reset (pod {h.pod_id} started {h.started_at}); sshd now on port {h.port} with a new "
+                "host key; only /workspace was kept")
 
 
 @task(help={"name": "one host (default: all)", "verbose": VERBOSE_HELP})

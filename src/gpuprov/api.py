@@ -44,13 +44,14 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     return Inventory.from_path(p, settings.defaults())
 
 
-def select_hosts(pattern: str, inventory: str | Path | None = None, extra_vars: Sequence[str] = (),
+def select_hosts(pattern: str, inventory: str | Path | Inventory | None = None, extra_vars: Sequence[str] = (),
                  playbook: str | Path | None = None) -> list[Host]:
     """``--host`` + ``-e`` → hosts with the command-line vars on top (and, for a playbook, the group_vars/ and
     host_vars/ beside it)."""
     extra = parse_extra_vars(extra_vars)
     pdir = Path(playbook).resolve().parent if playbook else None
-    hosts = load_inventory(inventory).select(pattern, ssh_config_aliases(), pdir)
+    inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
+    hosts = inv.select(pattern, ssh_config_aliases(), pdir)
     return [h.with_vars(extra, "command line") if extra else h for h in hosts]
 
 
@@ -132,6 +133,10 @@ def models_fit(pattern: str | None, inventory: str | Path | None = None, extra_v
 
 
 def forget_host(host: Host) -> bool:
+    """Forget a host's pinned key: the one pinned for its alias (a RunPod pod's ID), else for its address."""
+    alias = host.var("host_key_alias")
+    if alias:
+        return known_hosts().forget(str(alias), None)
     return known_hosts().forget(host.address, host.port or 22)
 
 

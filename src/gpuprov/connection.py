@@ -5,12 +5,20 @@ Every call has a timeout. An SSH runner owns exactly one SSH connection; never s
 
 Host keys (see ``KnownHosts``): keys in ``~/.ssh/known_hosts`` and in the project's
 ``.gpuprov/known_hosts`` are trusted; an unknown key is pinned on first use into the project file
-(unless ``strict``); a changed key is refused with the command that fixes it.
+(unless ``strict``); a changed key is refused with the command that fixes it. A host with a ``host_key_alias``
+var (OpenSSH's HostKeyAlias; a RunPod pod gets ``runpod-<pod id>``) is pinned under that name instead of its
+address and port, which change when the pod resets. When such a pod's key changes and RunPod's API shows the pod
+started again since the pin (``runpod_started_at`` moved), the new key is pinned in its place and one notice says
+so; a changed key without a restart is refused like any other.
+
+A host that answers commands with RunPod's proxy message ("Your SSH client doesn't support PTY") raises
+``ProxyOnly`` with the one line that says what to connect to instead.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shlex
@@ -27,10 +35,13 @@ from typing import Protocol
 import paramiko
 
 from . import settings
-from .errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown, RemoteError, RemoteTimeout
+from .errors import AuthError, ConnectError, HostKeyMismatch, HostKeyUnknown, ProxyOnly, RemoteError, RemoteTimeout
 from .inventory import Host, parse_adhoc
+from .runpod import PROXY_FIX, is_proxy_address, proxy_refusal
 
 log = logging.getLogger("gpuprov.connection")
+#: one-line notices the user should see without -v (a re-pinned key); tasks.py prints them on stderr
+notice = logging.getLogger("gpuprov.notice")
 # paramiko's transport thread logs its own errors (with a traceback) on the "paramiko" logger; without a handler
 # Python's last-resort handler prints them raw to stderr next to our one-line error. With -v they show in full.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -227,51 +238,103 @@ class KnownHosts:
                 keys._entries.append(e)  # type: ignore[attr-defined]  # noqa: SLF001
         return keys
 
-    def pin(self, name: str, key: paramiko.PKey) -> None:
+    def pin(self, name: str, key: paramiko.PKey, started_at: str | None = None, replace: bool = False) -> None:
+        """Pin ``key`` for ``name`` (``replace``: instead of the keys pinned for it); ``started_at``: when the pod
+        behind an alias last started, the fact a later re-pin is judged by."""
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             keys = paramiko.HostKeys()
             if self.path.is_file():
                 keys.load(str(self.path))
+            if replace and name in keys:
+                del keys[name]
             keys.add(name, key.get_name(), key)
             tmp = self.path.with_suffix(".tmp")
             keys.save(str(tmp))
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
+            if started_at:
+                starts = self._pod_starts()
+                starts[name] = started_at
+                _write_json(self.starts_file, starts)
 
-    def forget(self, address: str, port: int) -> bool:
-        """Remove a pinned key (the fix for a key that changed on purpose)."""
+    @property
+    def starts_file(self) -> Path:
+        """When each aliased pod had started at the time its key was pinned."""
+        return self.path.with_name(self.path.name + ".starts.json")
+
+    def _pod_starts(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.starts_file.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def pinned_start(self, name: str) -> str | None:
+        return self._pod_starts().get(name)
+
+    def forget(self, address: str, port: int | None = 22) -> bool:
+        """Remove a pinned key (the fix for a key that changed on purpose): ``address`` at ``port``, every port of
+        ``address`` (``port`` None), or an alias (``port`` None)."""
         with self._lock:
             if not self.path.is_file():
                 return False
-            name = self.key_name(address, port)
+            names = {self.key_name(address, port)} if port is not None else {address, f"[{address}]"}
             lines = self.path.read_text().splitlines()
-            kept = [ln for ln in lines if ln.split(" ", 1)[0].split(",")[0] != name]
+
+            def match(ln: str) -> bool:
+                first = ln.split(" ", 1)[0].split(",")[0]
+                return first in names or (port is None and first.startswith(f"[{address}]:"))
+
+            kept = [ln for ln in lines if not match(ln)]
             self.path.write_text("".join(x + "\n" for x in kept))
+            starts = self._pod_starts()
+            if any(n in starts for n in names):
+                _write_json(self.starts_file, {k: v for k, v in starts.items() if k not in names})
             return len(kept) != len(lines)
 
-    def policy(self) -> paramiko.MissingHostKeyPolicy:
+    def policy(self, alias: str | None = None, started_at: str | None = None) -> paramiko.MissingHostKeyPolicy:
         outer = self
 
         class _Policy(paramiko.MissingHostKeyPolicy):
             def missing_host_key(self, client, hostname, key):  # noqa: ANN001
+                name = alias or hostname
                 if outer.strict:
                     raise HostKeyUnknown(
-                        f"host key of {hostname} is not known and strict host key checking is on; "
+                        f"host key of {name} is not known and strict host key checking is on; "
                         f"pin it first (connect once without --strict-host-keys) or add it to {outer.path}"
                     )
-                outer.pin(hostname, key)
+                outer.pin(name, key, started_at)
 
         return _Policy()
 
-    def mismatch_message(self, address: str, port: int) -> str:
-        name = self.key_name(address, port)
+    def for_name(self, name: str, as_name: str) -> paramiko.HostKeys:
+        """The keys pinned for ``name`` (an alias), presented as ``as_name`` (what paramiko compares)."""
+        keys = paramiko.HostKeys()
+        for e in self.load(name)._entries:  # type: ignore[attr-defined]  # noqa: SLF001
+            if name in e.hostnames or _hashed_match(e.hostnames, name):
+                keys.add(as_name, e.key.get_name(), e.key)
+        return keys
+
+    def mismatch_message(self, address: str, port: int, alias: str | None = None, host: str | None = None) -> str:
+        name = alias or self.key_name(address, port)
+        target = host or f"{address}{'' if port == 22 else f':{port}'}"
         return (
             f"the host key of {name} has CHANGED since it was pinned: this may be a different machine or an "
             f"attack, so gpuprov refuses to connect. If the host was rebuilt on purpose, forget the old key with "
-            f"`invoke forget-host --host {address}{'' if port == 22 else f':{port}'}` "
-            f"(or `ssh-keygen -R '{name}' -f {self.path}`) and connect again."
+            f"`invoke forget-host --host {target}` (or `ssh-keygen -R '{name}' -f {self.path}`) and connect again."
         )
+
+
+def _hashed_match(hostnames: Sequence[str], name: str) -> bool:
+    return any(h.startswith("|1|") and paramiko.HostKeys.hash_host(name, h) == h for h in hostnames)
+
+
+def _write_json(path: Path, data: Mapping) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def known_hosts(strict: bool = False) -> KnownHosts:
@@ -310,6 +373,18 @@ class QuickAckSocket:
 
 
 
+class _Repin(paramiko.MissingHostKeyPolicy):
+    """The pod restarted since its key was pinned: pin the key it has now in the old one's place, and say so."""
+
+    def __init__(self, kh: KnownHosts, alias: str, started: str | None, host: str):
+        self.kh, self.alias, self.started, self.host = kh, alias, started, host
+
+    def missing_host_key(self, client, hostname, key):  # noqa: ANN001
+        self.kh.pin(self.alias, key, self.started, replace=True)
+        notice.warning("%s: RunPod pod restarted (started %s), so its new host key was pinned for %s (%s %s)",
+                       self.host, self.started, self.alias, key.get_name(), key.fingerprint)
+
+
 class SSHRunner(Runner):
     """One paramiko SSH connection to one host; exec with stdin and timeouts; TCP_NODELAY and keepalive on."""
 
@@ -334,6 +409,31 @@ class SSHRunner(Runner):
         cfg = ssh_config_for(h.address)
         address = cfg.get("hostname", h.address)
         port = h.port or int(cfg.get("port", 22))
+        if is_proxy_address(address):
+            raise ProxyOnly(f"{h.name}: {PROXY_FIX}")
+        try:
+            client = self._connect(address, port)
+        except HostKeyMismatch:
+            if not self._may_repin(address, port):
+                raise
+            client = self._connect(address, port, repin=True)
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE_S)
+        self._client = client
+        return self
+
+    def _may_repin(self, address: str, port: int) -> bool:
+        """A pod's key changed: fine once RunPod's API shows the pod started again since the key was pinned."""
+        alias, started = self.host.var("host_key_alias"), self.host.var("runpod_started_at")
+        if not alias or not started:
+            return False
+        before = self.known_hosts.pinned_start(str(alias))
+        return bool(before) and before != str(started)
+
+    def _connect(self, address: str, port: int, repin: bool = False) -> paramiko.SSHClient:
+        h = self.host
+        cfg = ssh_config_for(h.address)
         user = h.user or cfg.get("user") or "root"
         key_files = [h.identity_file] if h.identity_file else list(cfg.get("identityfile", []))
         key_files = [os.path.expanduser(k) for k in key_files if k]
@@ -351,9 +451,18 @@ class SSHRunner(Runner):
                 reason = f"no answer within {self.connect_timeout:g} s" if isinstance(e, TimeoutError) else str(e)
                 raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
         client = paramiko.SSHClient()
-        # only the entries that can match this host: paramiko would otherwise scan every pinned key
-        client._host_keys = self.known_hosts.load(KnownHosts.key_name(address, port))  # type: ignore[attr-defined]
-        client.set_missing_host_key_policy(self.known_hosts.policy())
+        alias = str(h.var("host_key_alias") or "") or None
+        started = str(h.var("runpod_started_at") or "") or None
+        real_name = KnownHosts.key_name(address, port)
+        # only the entries that can match this host: paramiko would otherwise scan every pinned key; an aliased
+        # host's keys are those pinned for its alias (none when a re-pin is due: the new key is pinned anew)
+        client._host_keys = (  # type: ignore[attr-defined]
+            paramiko.HostKeys() if repin else
+            self.known_hosts.for_name(alias, real_name) if alias else self.known_hosts.load(real_name))
+        policy = self.known_hosts.policy(alias, started)
+        if repin:
+            policy = _Repin(self.known_hosts, str(alias), started, h.name)
+        client.set_missing_host_key_policy(policy)
         try:
             client.connect(
                 address,
@@ -369,7 +478,8 @@ class SSHRunner(Runner):
             )
         except paramiko.BadHostKeyException:
             client.close()
-            raise HostKeyMismatch(f"{h.name}: " + self.known_hosts.mismatch_message(address, port)) from None
+            raise HostKeyMismatch(f"{h.name}: " + self.known_hosts.mismatch_message(address, port, alias, h.name)
+                                  ) from None
         except HostKeyUnknown as e:
             client.close()
             raise HostKeyUnknown(f"{h.name}: {e}") from None
@@ -385,11 +495,7 @@ class SSHRunner(Runner):
                 reason = ("the port answers but is not an SSH server (no SSH banner): a wrong port, or sshd is "
                           "not up yet")
             raise ConnectError(f"{h.name}: cannot reach {address}:{port}: {reason}") from None
-        transport = client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(KEEPALIVE_S)
-        self._client = client
-        return self
+        return client
 
     def _open_jump(self, jump: str, address: str, port: int):  # noqa: ANN202
         jh = parse_adhoc(jump.split(",")[0])
@@ -444,13 +550,13 @@ class SSHRunner(Runner):
             chan.close()
             raise ConnectError(f"{self.host.name}: connection lost during {cmd[:80]}: {e}") from None
         chan.close()
-        return Result(
-            argv,
-            status,
-            out.decode("utf-8", "replace"),
-            err_buf.getvalue().decode("utf-8", "replace"),
-            time.monotonic() - start,
-        )
+        res = Result(argv, status, out.decode("utf-8", "replace"), err_buf.getvalue().decode("utf-8", "replace"),
+                     time.monotonic() - start)
+        if status != 0:
+            refused = proxy_refusal(self.host.name, res.stdout + res.stderr)
+            if refused:
+                raise ProxyOnly(refused)
+        return res
 
     def open_stream(self, argv: Sequence[str], *, stdin: bytes = b"", timeout: float = 10.0) -> Stream:
         cmd = shlex.join(str(a) for a in argv)

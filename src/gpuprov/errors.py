@@ -8,6 +8,7 @@
     ├── InventoryError                malformed inventory: names the file and line
     ├── ConnectError                  the host could not be reached or logged into (exit 3)
     │   ├── AuthError                 the server refused our key
+    │   ├── ProxyOnly                 a PTY-only proxy (RunPod's ssh.runpod.io), not an SSH server that runs commands
     │   └── HostKeyError              host key policy refused the server
     │       ├── HostKeyMismatch       the key changed since it was pinned
     │       └── HostKeyUnknown        strict mode and the key is not pinned
@@ -52,6 +53,10 @@ class ConnectError(GpuprovError):
 
 
 class AuthError(ConnectError):
+    pass
+
+
+class ProxyOnly(ConnectError):
     pass
 
 

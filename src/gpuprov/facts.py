@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .runpod import is_secret_name, masked
+from .secrets import Secret
+
 # Compute capability by GPU name, for drivers whose nvidia-smi cannot report it (compute_cap arrived in
 # the 510 branch). First match wins, so more specific patterns come first. Sources: NVIDIA's CUDA GPUs
 # list (developer.nvidia.com/cuda-gpus) and the recorded outputs in tests/data/nvidia-smi.
@@ -106,12 +109,18 @@ class Facts:
     gpus: tuple[GPU, ...] = ()
     installed: Mapping[str, Any] = field(default_factory=dict)
     probe_errors: Mapping[str, str] = field(default_factory=dict)
+    #: the pod's own environment (RUNPOD_*, HF_HOME, the seed image's knobs), read from PID 1 or
+    #: /etc/rp_environment; secret-looking values are ``Secret``
+    pod_env: Mapping[str, Any] = field(default_factory=dict)
+    #: where ``pod_env`` was read: "PID 1", "/etc/rp_environment", or None
+    pod_env_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["tools"] = dict(self.tools)
         d["installed"] = dict(self.installed)
         d["probe_errors"] = dict(self.probe_errors)
+        d["pod_env"] = masked(self.pod_env)
         return d
 
     @classmethod
@@ -134,14 +143,14 @@ class Facts:
         return cls(**kw)
 
 
-_SKIP = {"gpus", "host"}
+_SKIP = {"gpus", "host", "pod_env"}
 _FACT_TYPES = {
     "hostname": "str", "os_id": "str", "os_version": "str", "os_pretty": "str", "kernel": "str", "arch": "str",
     "glibc": "str", "python": "str", "python_path": "str", "python_venv": "bool", "pythons": "strs",
     "pid1": "str", "systemd": "bool", "container": "strs", "is_root": "bool", "sudo": "bool", "workspace": "bool",
     "install_root": "str", "disk_free_bytes": "count", "sftp": "bool", "tools": "map", "driver_version": "str",
     "cuda_driver_version": "str", "source": "str", "gpu_error": "str", "gpu_disagreement": "str", "installed": "map",
-    "probe_errors": "map",
+    "probe_errors": "map", "pod_env_from": "str",
 }
 _GPU_TYPES = {"index": "count", "name": "str", "uuid": "str", "pci_bus_id": "str", "memory_total_mib": "count",
               "memory_free_mib": "count", "compute_capability": "cc", "mig_mode": "str"}
@@ -640,4 +649,16 @@ def facts_from_probe(host: str, raw: Mapping[str, Any], sftp: bool | None = None
         gpus=rep.gpus,
         installed=installed,
         probe_errors=dict(raw.get("errors") or {}),
+        **_pod_env(raw.get("pod_env") or {}),
     )
+
+
+def _pod_env(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The probe's ``pod_env`` ({"pid1": {...}, "file": {...}}) → one mapping, PID 1 first (the live values), and
+    where it came from; secret-looking values become ``Secret``."""
+    pid1, file = raw.get("pid1") or {}, raw.get("file") or {}
+    env = {**file, **pid1}
+    if not env:
+        return {}
+    env = {k: Secret(str(v), k) if is_secret_name(k) else str(v) for k, v in sorted(env.items())}
+    return {"pod_env": env, "pod_env_from": "PID 1" if pid1 else "/etc/rp_environment"}

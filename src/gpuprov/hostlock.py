@@ -22,7 +22,8 @@ from typing import Any
 
 from . import remote
 from .connection import DEFAULT_TIMEOUT, Result
-from .errors import ConnectError, HostBusy
+from .errors import ConnectError, HostBusy, ProxyOnly
+from .runpod import proxy_refusal
 
 __all__ = ["HostBusy", "HostSession"]
 
@@ -65,6 +66,9 @@ class HostSession:
             data = self.stream.recv(1 << 16, max(0.1, until - time.monotonic()))
             if not data or time.monotonic() > until:  # None: no answer in time; b"": the session ended
                 self.close()
+                refused = proxy_refusal(self.host.name, self.buf.decode(errors="replace"))
+                if refused:
+                    raise ProxyOnly(refused)
                 raise ConnectError(f"{self.host.name}: the gpuprov session " +
                                    ("ended" if data == b"" else "stopped answering") +
                                    (f" (it said: {self.buf.decode(errors='replace').strip()[-200:]})"
@@ -84,6 +88,9 @@ class HostSession:
             head: dict = json.loads(line)
         except ValueError:
             self.close()
+            refused = proxy_refusal(self.host.name, line.decode(errors="replace"))
+            if refused:
+                raise ProxyOnly(refused) from None
             raise ConnectError(f"{self.host.name}: the gpuprov session answered {line[:200]!r}") from None
         return head
 

@@ -173,6 +173,8 @@ class _HostDecl:
     name: str
     data: dict[str, Var]
     source: str
+    #: the pod's own knobs (a ``plugin: runpod`` source): above the defaults, below everything in the inventory
+    pod_env: dict[str, Var] = field(default_factory=dict)
 
 
 class Inventory:
@@ -186,6 +188,8 @@ class Inventory:
         #: folders whose group_vars/ and host_vars/ belong to the inventory (set by from_path)
         self.var_dirs: list[Path] = []
         self._dir_cache: dict[Path, tuple[dict[str, dict[str, Var]], dict[str, dict[str, Var]]]] = {}
+        #: what each dynamic source (``plugin: runpod``) found: its pods that are not hosts, and its error
+        self.sources: list[Any] = []
         for f in self.files:
             self._load_file(f)
 
@@ -214,8 +218,30 @@ class Inventory:
             return
         if not isinstance(data, dict):
             raise InventoryError("the top level must be a mapping of group names", str(path), 1)
+        if "plugin" in data:
+            self._load_plugin(path, data)
+            return
         for gname, gdata in data.items():
             self._load_group(path, gname, gdata, parent=None if gname == "all" else "all", line=_line(data, gname))
+
+    def _load_plugin(self, path: Path, data: dict) -> None:
+        """A dynamic inventory source (Ansible's convention: a YAML file naming its ``plugin``), read at every run.
+        A source whose API fails contributes no hosts and says why (``sources``); the rest of the inventory works."""
+        if data.get("plugin") != "runpod":
+            raise InventoryError(f"unknown inventory plugin {data.get('plugin')!r} (gpuprov has: runpod)", str(path),
+                                 _line(data, "plugin"))
+        from .runpod import PodSource
+
+        res = PodSource.from_options(path, data).load()
+        self.sources.append(res)
+        for gname, gdata in res.groups.items():
+            self._load_group(path, gname, gdata, parent="all", line=None)
+        for name, knobs in res.pod_env.items():
+            self.hosts[name].pod_env = {k: Var(v, "pod env (RunPod API)") for k, v in knobs.items()}
+
+    def unavailable(self, name: str) -> str | None:
+        """Why a dynamic source's pod named ``name`` is not a host (stopped, no direct SSH), else None."""
+        return next((s.unavailable[name] for s in self.sources if name in s.unavailable), None)
 
     def _load_group(self, path: Path, name: str, data: Any, parent: str | None, line: int | None) -> None:
         if not NAME_RE.match(name):
@@ -264,7 +290,8 @@ class Inventory:
         for k, v in data.items():
             if not VAR_RE.match(k):
                 raise InventoryError(f"invalid var name {k!r} in {what}", str(path), _line(data, k))
-            out[k] = Var(_plain(v), f"{path}:{_line(data, k)} ({what})")
+            n = _line(data, k)
+            out[k] = Var(_plain(v), f"{path}:{n} ({what})" if n else f"{path} ({what})")
         return out
 
     def _load_host(self, path: Path, name: str, data: Any, line: int | None) -> None:
@@ -288,7 +315,7 @@ class Inventory:
         decl = self.hosts.get(name)
         new = self._vars(path, data, f"host {name}", line)
         if decl is None:
-            self.hosts[name] = _HostDecl(name, new, f"{path}:{line}")
+            self.hosts[name] = _HostDecl(name, new, f"{path}:{line}" if line else str(path))
         else:  # declared in two groups: merge, later files win
             decl.data.update(new)
 
@@ -390,7 +417,7 @@ class Inventory:
 
     def host(self, name: str, playbook_dir: Path | None = None) -> Host:
         decl = self.hosts[name]
-        merged: dict[str, Var] = dict(self.defaults)
+        merged: dict[str, Var] = {**self.defaults, **decl.pod_env}
         groups = self.groups_of(name)
         inv_dirs = [self._dir_vars(d) for d in self.var_dirs]
         play_dirs = [self._dir_vars(playbook_dir)] if playbook_dir and playbook_dir not in self.var_dirs else []
@@ -454,12 +481,15 @@ class Inventory:
                 if name == "local":  # the machine gpuprov runs on (inside a pod's terminal, say): no SSH
                     union[name] = Host(name="local", address="local", groups=("all",),
                                        vars=MappingProxyType(dict(self.defaults)), source="built-in")
+                elif self.unavailable(name):
+                    raise UsageError(f"{name}: {self.unavailable(name)}")
                 elif name in aliases or _looks_adhoc(name):
                     adhoc = parse_adhoc(name, self.defaults)
                     union[adhoc.name] = adhoc
                 else:
                     known = sorted(self.hosts) + sorted(g for g in self.groups if g != "all")
                     hint = f" (known: {', '.join(known[:20])})" if known else " (the inventory is empty)"
+                    hint += "".join(f"; {s.path} found no pods: {s.error}" for s in self.sources if s.error)
                     raise UsageError(f"unknown host or group {name!r}{hint}")
                 continue
             if not names and name in ("all", "*") and not self.hosts:

@@ -26,9 +26,10 @@ from .fit import (
     size,
     tp_candidates,
 )
-from .inventory import Host
+from .inventory import Host, Var
 from .layout import ROOTS, HostLayout
 from .models import ModelSpec, catalog
+from .runpod import knob_values
 from .secrets import Secret
 from .serve_flags import check_extra_args, flags_warning, recorded_serve_flags
 
@@ -178,6 +179,18 @@ class _Vars:
         if not isinstance(v, str):
             raise self.bad(name, 'a version string such as "0.32.0" (quote it: -e \'vllm_version="0.32.0"\')', v)
         return v.strip()
+
+
+def _is_default(v: Var | None) -> bool:
+    return v is None or v.source == "built-in default" or v.source.startswith(("environment ", "pod env"))
+
+
+def with_pod_env(host: Host, facts: Facts) -> Host:
+    """The pod's own knobs (``MODEL``, ``MAX_MODEL_LEN``, ... set on a RunPod pod, read by the probe) as that host's
+    defaults: above gpuprov's defaults and the controller's ``GPUPROV_*``, below the inventory and the command
+    line. The controller's own ``MODEL`` is never read (settings.py)."""
+    values = {k: v for k, v in knob_values(facts.pod_env).items() if _is_default(host.vars.get(k))}
+    return host.with_vars(values, f"pod env ({facts.pod_env_from})") if values else host
 
 
 def engine_vars(host: Host) -> EngineVars:
@@ -550,6 +563,10 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
     warnings += dp_warnings + _overridden_defaults(ev, sizing, gpus, max_len, model)
     layout = HostLayout(ev.install_root or facts.install_root or ROOTS[-1])
     root, hf_home = layout.root, layout.hf_home
+    pod_hf = str(facts.pod_env.get("HF_HOME") or "").rstrip("/")
+    if pod_hf.startswith("/workspace/") and root.startswith("/workspace/"):
+        hf_home = pod_hf  # the pod's own model cache, on the disk that survives a reset
+        why.append(f"model cache: the pod's HF_HOME {pod_hf} ({facts.pod_env_from})")
     cc = _min_cc(gpus)
     args, attention, flag_warnings = _serve_args(model, ev, sizing, dp, max_len, build, cc)
     warnings += flag_warnings
@@ -587,6 +604,7 @@ def make_plan(facts: Facts, host: Host, model: ModelSpec | None, model_error: st
 def fit_catalog(facts: Facts, host: Host, hf_token: bool | None = None) -> list[Plan]:
     """``invoke models --fit``: every catalog model planned for this host at the longest context that fits (the
     host's other vars kept); a model the host's vars rule out is a refusal with the reason, not an error."""
+    host = with_pod_env(host, facts)
     out = []
     for name, spec in catalog().items():
         h = host.with_vars({"model": name, "max_model_len": None}, "invoke models --fit")

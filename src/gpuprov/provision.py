@@ -29,9 +29,10 @@ from .hostlock import HostSession
 from .hub import local_model_dir, resolve_model
 from .inventory import Host
 from .layout import HostLayout
-from .plan import Plan, engine_vars, make_plan
+from .plan import Plan, engine_vars, make_plan, with_pod_env
 from .playbook import load_playbook
 from .probe import run_probe
+from .runpod import hf_token as pod_hf_token
 from .secrets import Secret, new_api_key, write_private
 from .templating import Templar
 
@@ -86,13 +87,21 @@ def task_phases(recap: HostRecap) -> dict[str, float]:
 
 
 def plan_for(host: Host, facts: Facts) -> Plan:
-    """The plan step: vars validated, the model resolved (catalog, folder, hub), the planner."""
+    """The plan step: the pod's own knobs as defaults, vars validated, the model resolved (catalog, folder, hub),
+    the planner."""
+    host = with_pod_env(host, facts)
     ev = engine_vars(host)  # validates vars before any network use
     try:
         spec, err = resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None), None
     except ModelUnavailable as e:
         spec, err = None, str(e)
-    return make_plan(facts, host, spec, err, hf_token=bool(os.environ.get("HF_TOKEN")))
+    return make_plan(facts, host, spec, err, hf_token=hf_token_for(facts) is not None)
+
+
+def hf_token_for(facts: Facts) -> Secret | None:
+    """HF_TOKEN here, else the one set on the pod (HF_TOKEN / HUGGING_FACE_HUB_TOKEN in its own environment)."""
+    here = os.environ.get("HF_TOKEN")
+    return Secret(here, "HF_TOKEN") if here else pod_hf_token(facts.pod_env)
 
 
 def local_model_refusal(model: str) -> str | None:
@@ -133,11 +142,12 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
     env = dict(plan.env)
     if host.var("hf_endpoint"):
         env["HF_ENDPOINT"] = str(host.var("hf_endpoint"))
-    hf_token = os.environ.get("HF_TOKEN") or None
-    api_key = api_key_for(host, plan)
+    hf_token = hf_token_for(facts)
+    api_key = api_key_for(with_pod_env(host, facts), plan)
     # the uv cache and the venvs live under the same install root, so uv hardlinks files out of its cache (its
     # default on Linux; it copies by itself across file systems): copying a 1 GB engine venv tripled the install
-    uv_env = {"UV_CACHE_DIR": lay.uv_cache}
+    # a Python uv fetches lives under the install root too: on a pod, everything outside /workspace goes at a reset
+    uv_env = {"UV_CACHE_DIR": lay.uv_cache, "UV_PYTHON_INSTALL_DIR": f"{root}/python"}
     if not plan.python_managed:
         uv_env["UV_PYTHON_DOWNLOADS"] = "never"
     state = {"model": plan.model, "vllm_version": plan.vllm_version, "cuda_variant": plan.cuda_variant,
@@ -151,7 +161,7 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
         "index_url": index or None, "extra_index_urls": extra,
         "torch_backend": None if index else torch_backend,
         "uv_env": uv_env, "env": env, "env_file": lay.env_file,
-        "hf_token": Secret(hf_token, "HF_TOKEN") if hf_token else None, "api_key": api_key,
+        "hf_token": hf_token, "api_key": api_key,
         "service": lay.service, "launcher": lay.launcher, "unit": lay.unit, "unit_hash": unit_text_hash,
         "log": lay.log, "pidfile": lay.pidfile, "supervisor": lay.supervisor,
         "supervisor_source": remote.source("supervise"),

@@ -317,7 +317,7 @@ def recap_human(recaps) -> None:  # noqa: ANN001
     out.print(t)
     for r in recaps:
         if r.error:
-            error(f"{r.host}: {r.error}")
+            error(r.error if r.error.startswith(f"{r.host}:") else f"{r.host}: {r.error}")
 
 
 def recap_json(recaps) -> None:  # noqa: ANN001
@@ -416,8 +416,8 @@ def status_human(outcomes) -> None:  # noqa: ANN001
                 "endpoint"):
         t.add_column(col)
     for o in outcomes:
-        if not o.ok:
-            t.add_row(esc(o.host.name), "[red]unreachable[/]", "-", "-", "-", "-", "-", "-", "-", esc(o.message[:60]))
+        if not o.ok:  # the reason, one line each, follows the table
+            t.add_row(esc(o.host.name), "[red]unreachable[/]", "-", "-", "-", "-", "-", "-", "-", "(below)")
             continue
         s = o.value
         mem = ", ".join(f"{(g['memory_used_mib'] or 0) / 1024:.0f}/{(g['memory_total_mib'] or 0) / 1024:.0f} GiB"
@@ -427,6 +427,9 @@ def status_human(outcomes) -> None:  # noqa: ANN001
         t.add_row(esc(s.host), f"[{style}]{esc(s.service)}[/]", "yes" if s.ready else "no", esc(s.model or "-"),
                   esc(s.vllm_version or "-"), _uptime(s.uptime_s), str(s.restarts), mem, util, esc(s.endpoint or "-"))
     out.print(t)
+    for o in outcomes:
+        if not o.ok:
+            outcome_error(o)
 
 
 def control_human(action: str, outcomes) -> None:  # noqa: ANN001

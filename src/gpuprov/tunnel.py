@@ -99,6 +99,8 @@ class Tunnel:
             argv += ["-i", h.identity_file, "-o", "IdentitiesOnly=yes"]
         if h.proxy_jump:
             argv += ["-J", h.proxy_jump]
+        if h.var("host_key_alias"):  # a pod's key is pinned per pod ID, not per address and port
+            argv += ["-o", f"HostKeyAlias={h.var('host_key_alias')}"]
         user = h.user or cfg.get("user")
         argv.append(f"{user}@{h.address}" if user else h.address)
         return argv

@@ -39,12 +39,32 @@ def alive(pid):
         return False
 
 
+def start_ticks(pid):
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22): with the pid, names one process."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_record(pid):
+    """What a pid file holds: "PID STARTTICKS", so a pid left from before a container reset is not taken for the
+    process that has that number now (on a pod that could be PID 1, or sshd)."""
+    return "%d %s" % (pid, start_ticks(pid) or "")
+
+
 def read_pid(pidfile):
+    """The pid in ``pidfile`` while that very process runs (its start time matches), else None."""
     try:
         with open(pidfile) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+            words = f.read().split()
+        pid = int(words[0])
+    except (OSError, ValueError, IndexError):
         return None
+    if len(words) > 1 and start_ticks(pid) != words[1]:
+        return None
+    return pid
 
 
 def pid_alive(pidfile):

@@ -183,6 +183,45 @@ def smi():
     return res
 
 
+# the pod's own environment (RunPod keeps it in PID 1's environment and /etc/rp_environment; an SSH command sees
+# neither): only what gpuprov uses leaves the host, and never the pod-scoped RUNPOD_API_KEY or PUBLIC_KEY
+POD_NAMES = ("HF_HOME", "MODEL", "MAX_MODEL_LEN", "GPU_MEMORY_UTILIZATION", "MAX_NUM_SEQS", "API_KEY", "HF_TOKEN",
+             "HUGGING_FACE_HUB_TOKEN", "CUDA_VERSION", "PYTORCH_VERSION")
+POD_NEVER = ("RUNPOD_API_KEY", "PUBLIC_KEY", "SSH_PUBLIC_KEY", "JUPYTER_PASSWORD")
+
+
+def pod_env():
+    import shlex
+
+    def keep(k):
+        return k not in POD_NEVER and (k.startswith("RUNPOD_") or k in POD_NAMES)
+
+    out = {}
+    env1 = read("/proc/1/environ")
+    if env1:
+        pairs = [item.split("=", 1) for item in env1.split("\0") if "=" in item]
+        found = dict((k, v) for k, v in pairs if keep(k))
+        if found:
+            out["pid1"] = found
+    text = read("/etc/rp_environment")
+    if text:
+        found = {}
+        for line in text.splitlines():
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError:
+                continue
+            if words[:1] == ["export"]:
+                words = words[1:]
+            for w in words:
+                k, eq, v = w.partition("=")
+                if eq and keep(k):
+                    found[k] = v
+        if found:
+            out["file"] = found
+    return out
+
+
 def state():
     out = {}
     for root in ROOTS:
@@ -211,4 +250,5 @@ attempt("driver_files", lambda: {"proc": read("/proc/driver/nvidia/version"),
 attempt("nvml", nvml)
 attempt("nvidia_smi", smi)  # both, so that where they disagree the probe can say so
 attempt("state", state)
+attempt("pod_env", pod_env)
 sys.stdout.write(json.dumps(OUT))

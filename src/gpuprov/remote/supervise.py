@@ -28,7 +28,7 @@ def cmd_start(a):
     os.dup2(devnull, 0)
     os.dup2(logfd, 1)
     os.dup2(logfd, 2)
-    write_atomic(a.pidfile, str(os.getpid()))
+    write_atomic(a.pidfile, pid_record(os.getpid()))
     state = {"restarts": 0, "child": None, "last_exit": None, "started_at": time.time(), "argv": a.command}
     stopping = {"flag": False}
     child = {"p": None}
@@ -54,6 +54,7 @@ def cmd_start(a):
                                           cwd=a.workdir or None, start_new_session=True)
         log.close()
         state["child"] = p.pid
+        state["child_ticks"] = start_ticks(p.pid)
         state["child_started_at"] = t0
         write_atomic(a.pidfile + ".state", json.dumps(state))
         while True:
@@ -102,8 +103,9 @@ def cmd_stop(a):
         os.kill(pid, signal.SIGKILL)
     try:
         with open(a.pidfile + ".state") as f:
-            child = json.load(f).get("child")
-        if child and alive(child):
+            st = json.load(f)
+        child = st.get("child")
+        if child and alive(child) and start_ticks(child) == st.get("child_ticks", start_ticks(child)):
             os.killpg(child, signal.SIGKILL)
     except (OSError, ValueError):
         pass

@@ -7,6 +7,13 @@ booted in an nspawn container (rootfs from debootstrap, built once and cached as
 What is *not* real, and says so: the GPU. A host's ``nvidia-smi`` is a stand-in script answering from
 a recorded ``nvidia-smi -q -x`` file (its "persona"); ``--gpu none`` means no NVIDIA driver at all.
 
+A ``--runpod`` host behaves like a RunPod pod: no systemd, a private ``/workspace`` that is all that survives
+``reset`` (which kills the host's processes, wipes everything else private, makes a new host key and moves sshd
+to a new port, as a pod reset does), and PID 1's environment and ``/etc/rp_environment`` holding ``RUNPOD_*``,
+``HF_HOME`` and the ``--pod-env`` knobs, which SSH sessions do not see. The lab's STAND-IN of RunPod's v2 API
+(``runpod_api.py``) lists these hosts. A ``--ssh-proxy-only`` host's sshd behaves like RunPod's SSH proxy: an
+interactive PTY only; a command without a PTY, SFTP and port forwarding are refused the way the proxy refuses them.
+
 Needs root, ``ip`` (iproute2), ``sshd`` (openssh-server) and, for ``--systemd``, ``systemd-nspawn``
 (systemd-container) and ``debootstrap``. Only processes the lab started are ever killed, by PID or by
 membership of the lab's own network namespaces.
@@ -14,10 +21,12 @@ membership of the lab's own network namespaces.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -25,13 +34,13 @@ import socket
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ..errors import LabError
 from ..facts import cc_from_name, parse_smi_xml
-from . import nvml
+from . import nvml, runpod_api
 from .cache import LAB_CACHE
 
 # the lab's cache, outside any clone: the systemd rootfs, third-party wheels, the real engine (real_engine.py)
@@ -41,6 +50,12 @@ ROOTFS_PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,py
 ROOTFS_VERSION = "bookworm-v2"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 ENGINES = ("standin", "real")
+#: a pod's /workspace: where this machine has none, /workspace is made a link into /usr/local, which every plain
+#: sim host has privately; only a pod mounts its own folder there, so on other hosts (and here) the link dangles.
+#: The link stays (like an empty mount point): another lab on this machine may have a pod using it.
+SIM_SHARE = "/usr/local/share/gpuprov-sim"
+WORKSPACE_TARGET = f"{SIM_SHARE}/workspace"
+PROXY_MESSAGE = "Error: Your SSH client doesn't support PTY"
 
 
 @dataclass
@@ -57,6 +72,12 @@ class SimHost:
     gpu_mode: str = ""
     workspace: bool = False
     engine: str = "standin"  # or "real": the lab serves it the real vLLM CPU build (real_engine.py)
+    runpod: bool = False  # a RunPod-like pod (see the module docstring)
+    port: int = 22  # sshd's port (a pod's: the "public port mapped to 22", new at every reset)
+    pod_id: str = ""
+    pod_env: dict = field(default_factory=dict)  # the knobs given with --pod-env (the pod's template env)
+    started_at: str = ""  # when the pod (re)started: the stand-in API's startedAt
+    proxy_only: bool = False  # sshd behaves like RunPod's PTY-only SSH proxy
 
 
 def _run(argv: list[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -211,13 +232,21 @@ class Lab:
 
     # ----------------------------------------------------------- up
     def up(self, name: str, gpu: str = "none", systemd: bool = False, gpu_mode: str = "",
-           workspace: bool = False, engine: str = "standin", wait: float = 60) -> SimHost:
+           workspace: bool = False, engine: str = "standin", wait: float = 60, runpod: bool = False,
+           pod_env: dict | None = None, proxy_only: bool = False) -> SimHost:
         if engine not in ENGINES:
             raise LabError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
         nvml.check_mode(gpu_mode)
         if not NAME_RE.match(name):
             raise LabError(f"sim host name {name!r}: "
                            "use 1-20 lowercase letters, digits and dashes, starting with a letter")
+        if (runpod or proxy_only) and systemd:
+            raise LabError("--runpod and --ssh-proxy-only hosts are containers without systemd; drop --systemd")
+        if pod_env and not runpod:
+            raise LabError("--pod-env sets a RunPod pod's environment; add --runpod")
+        for k in pod_env or {}:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise LabError(f"--pod-env {k!r}: a variable name is letters, digits and _")
         if os.geteuid() != 0:
             raise LabError("the simulated lab needs root (network namespaces, mounts)")
         persona = "none" if gpu == "none" else str(find_persona(gpu))
@@ -233,31 +262,86 @@ class Lab:
                 shutil.rmtree(hdir)
             hdir.mkdir(parents=True)
             h = SimHost(name, index, address, systemd, persona, 0, f"{self.prefix}-{name}", f"{self.prefix}v{index}",
-                        str(hdir), gpu_mode, workspace, engine)
+                        str(hdir), gpu_mode, workspace or runpod, engine, runpod=runpod, pod_env=dict(pod_env or {}),
+                        proxy_only=proxy_only)
+            if runpod:
+                h.pod_id = "".join(random.SystemRandom().choices("abcdefghijklmnopqrstuvwxyz0123456789", k=14))
+                h.port, h.started_at = self._new_port(hosts), _now()
             self._ensure_client_key()
             self._ensure_bridge()
             self.ensure_services()
             if engine == "real":
                 self.ensure_real_engine()
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sim-{name}", "-f", str(hdir / "host_ed25519")])
+            self._new_host_key(h)
             try:
                 if systemd:
                     self._up_systemd(h)
                 else:
+                    self._make_netns(h, "eth0")
                     self._up_plain(h)
             except BaseException:
                 self._teardown(h)
                 raise
             hosts[name] = h
             self._save(hosts)
-        try:
-            wait_for_ssh(address, 22, wait)
-        except LabError:
-            log = (hdir / ("console.log" if systemd else "sshd.log"))
-            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
-            self.down(name)
-            raise LabError(f"sim host {name} did not answer SSH within {wait:g} s\n{tail}") from None
+        self._wait_ssh(h, wait)
         return h
+
+    def _wait_ssh(self, h: SimHost, wait: float) -> None:
+        try:
+            wait_for_ssh(h.address, h.port, wait)
+        except LabError:
+            log = (Path(h.dir) / ("console.log" if h.systemd else "sshd.log"))
+            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+            self.down(h.name)
+            raise LabError(f"sim host {h.name} did not answer SSH within {wait:g} s\n{tail}") from None
+
+    def _new_port(self, hosts: dict[str, SimHost]) -> int:
+        """A pod's "public port mapped to 22": random, as RunPod's are, and new at every reset."""
+        used = {h.port for h in hosts.values()}
+        rng = random.SystemRandom()
+        return next(p for p in iter(lambda: rng.randrange(10000, 60000), None) if p not in used)
+
+    def _new_host_key(self, h: SimHost) -> None:
+        d = Path(h.dir)
+        for f in (d / "host_ed25519", d / "host_ed25519.pub"):
+            f.unlink(missing_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sim-{h.name}", "-f", str(d / "host_ed25519")])
+
+    # ----------------------------------------------------------- a pod's reset
+    def reset(self, name: str, wait: float = 60) -> SimHost:
+        """What a RunPod pod reset does: every process of the host ends, everything private but /workspace is
+        wiped, the host key is made anew (the image's start script does that at boot) and sshd gets a new port."""
+        with self._locked():
+            hosts = self.hosts()
+            if name not in hosts:
+                raise LabError(f"no sim host {name!r} (have: {', '.join(hosts) or 'none'})")
+            h = hosts[name]
+            if not h.runpod:
+                raise LabError(f"sim host {name} is not a RunPod pod (`invoke sim-up --runpod`); only pods reset")
+            self._kill_processes(h)
+            d = Path(h.dir)
+            for sub in ("root", "opt", "usrlocal", "etcup", "etcwork", "libup", "libwork"):
+                shutil.rmtree(d / sub, ignore_errors=True)
+            self._new_host_key(h)
+            h.port, h.started_at = self._new_port({k: v for k, v in hosts.items() if k != name}), _now()
+            self._up_plain(h)
+            self._save(hosts)
+        self._wait_ssh(h, wait)
+        return h
+
+    def rekey(self, name: str) -> None:
+        """A new host key on a running host, without a restart (what an attacker in the middle would present)."""
+        h = self.hosts()[name]
+        self._new_host_key(h)
+        etc = Path(h.dir) / "usrlocal" / "etc" / "sshd"
+        shutil.copy(Path(h.dir) / "host_ed25519", etc / "host_ed25519")
+        sshd = [p for p in _run(["ip", "netns", "pids", h.netns], check=False).stdout.split()
+                if b"[listener]" in Path(f"/proc/{p}/cmdline").read_bytes()]  # sshd's title for its listener
+        for pid in sshd:  # sshd re-executes itself on SIGHUP and reads its host key again
+            os.kill(int(pid), signal.SIGHUP)
+        time.sleep(0.5)
+        wait_for_ssh(h.address, h.port, 20)
 
     def _gpu_files(self, h: SimHost, usrlocal: Path, libdir: Path) -> None:
         """The stand-in driver: nvidia-smi answering from the persona, and NVML (the real pynvml in front of the
@@ -279,10 +363,13 @@ class Lab:
         smi.chmod(0o755)
 
     def _sshd_config(self, h: SimHost, authorized: str, hostkey: str) -> str:
+        # a proxy-only host: RunPod's ssh.runpod.io STAND-IN (PTY shells only; no commands, SFTP or forwarding)
+        proxy = [f"ForceCommand {SIM_SHARE}/proxy-gate", "AllowTcpForwarding no",
+                 "PermitTTY yes"] if h.proxy_only else ["AllowTcpForwarding yes", "Subsystem sftp internal-sftp"]
         return "\n".join([
             "# gpuprov simulated host",
             "ListenAddress 0.0.0.0",
-            "Port 22",
+            f"Port {h.port}",
             f"HostKey {hostkey}",
             "PidFile none",
             f"AuthorizedKeysFile {authorized}",
@@ -291,11 +378,10 @@ class Lab:
             "KbdInteractiveAuthentication no",
             "UsePAM no",
             "StrictModes no",
-            "AllowTcpForwarding yes",
             "MaxStartups 200",
             "MaxSessions 100",
             "LogLevel VERBOSE",
-            "Subsystem sftp internal-sftp",
+            *proxy,
             "",
         ])
 
@@ -314,17 +400,29 @@ class Lab:
         shutil.copy(self.client_key.with_suffix(".pub"), etc / "authorized_keys")
         shutil.copy(d / "host_ed25519", etc / "host_ed25519")
         (etc / "sshd_config").write_text(self._sshd_config(h, f"{inside}/authorized_keys", f"{inside}/host_ed25519"))
+        if h.proxy_only:
+            gate = d / "usrlocal" / SIM_SHARE.removeprefix("/usr/local/") / "proxy-gate"
+            gate.write_text("#!/bin/sh\n# STAND-IN of RunPod's SSH proxy: an interactive terminal, nothing else\n"
+                            f'if [ ! -t 0 ]; then echo "{PROXY_MESSAGE}"; exit 1; fi\nexec /bin/sh -i\n')
+            gate.chmod(0o755)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self._make_netns(h, "eth0")
-        mounts = [
-            ["hostname", h.name],
-            ["mount", "--bind", str(d / "root"), "/root"],
-            ["mount", "--bind", str(d / "opt"), "/opt"],
-            ["mount", "--bind", str(d / "usrlocal"), "/usr/local"],
-            ["mount", "--bind", str(d / "hostname"), "/etc/hostname"],
-        ]
-        if h.workspace and Path("/workspace").is_dir():
-            mounts.append(["mount", "--bind", str(d / "workspace"), "/workspace"])
+        mounts = [["hostname", h.name],
+                  ["mount", "--bind", str(d / "root"), "/root"],
+                  ["mount", "--bind", str(d / "opt"), "/opt"],
+                  ["mount", "--bind", str(d / "usrlocal"), "/usr/local"]]
+        if h.runpod:  # a pod's own /etc, holding the start script's /etc/rp_environment
+            for sub in ("etcup", "etcwork"):
+                (d / sub).mkdir(exist_ok=True)
+            (d / "etcup" / "hostname").write_text(h.name + "\n")
+            (d / "etcup" / "rp_environment").write_text(
+                "".join(f"export {k}={_q(v)}\n" for k, v in sorted(self._pod_environment(h).items())
+                        if k != "PUBLIC_KEY"))
+            mounts.append(["mount", "-t", "overlay", "overlay", "-o",
+                           f"lowerdir=/etc,upperdir={d / 'etcup'},workdir={d / 'etcwork'}", "/etc"])
+        else:
+            mounts.append(["mount", "--bind", str(d / "hostname"), "/etc/hostname"])
+        if h.workspace:
+            mounts += self._workspace_mounts(d)
         if (d / "libup").is_dir():  # this host's view of the library folder gains the NVML stand-in
             (d / "libwork").mkdir(exist_ok=True)
             mounts.append(["mount", "-t", "overlay", "overlay", "-o",
@@ -336,15 +434,51 @@ class Lab:
             ["/usr/sbin/sshd", "-t", "-f", f"{inside}/sshd_config"],
         ]
         script = "set -e\n" + "".join(" ".join(_q(a) for a in m) + "\n" for m in mounts)
-        script += f"exec /usr/sbin/sshd -D -e -f {inside}/sshd_config\n"
+        sshd = f"/usr/sbin/sshd -D -e -f {inside}/sshd_config"
+        if h.runpod:  # PID 1 is the image's start script, with the pod's environment; sshd is its child
+            start = d / "usrlocal" / SIM_SHARE.removeprefix("/usr/local/") / "start.sh"
+            start.write_text("#!/bin/sh\n# STAND-IN of a RunPod image's /start.sh: sshd, then wait (as PID 1, reaping)"
+                             f"\n{sshd} &\nwait\n")
+            start.chmod(0o755)
+            script += f"exec {SIM_SHARE}/start.sh\n"
+        else:
+            script += f"exec {sshd}\n"
         log = open(d / "sshd.log", "ab")
+        # a pod's PID 1 carries its environment (RUNPOD_*, HF_HOME, the template's env); sshd gives sessions none
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **self._pod_environment(h)}
         p = subprocess.Popen(
             ["ip", "netns", "exec", h.netns, "unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
              "sh", "-c", script],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env,
         )
         log.close()
         h.pid = p.pid
+
+    def _workspace_mounts(self, d: Path) -> list[list[str]]:
+        """The host's own folder at /workspace: a bind mount where this machine has a /workspace folder, else at
+        the place this machine's /workspace link points to (which only this host has)."""
+        ws = Path("/workspace")
+        if ws.is_dir() and not ws.is_symlink():
+            return [["mount", "--bind", str(d / "workspace"), "/workspace"]]
+        if not ws.is_symlink():
+            ws.symlink_to(WORKSPACE_TARGET)
+        elif os.readlink(ws) != WORKSPACE_TARGET:
+            raise LabError(f"/workspace on this machine is a link to {os.readlink(ws)}, not the lab's")
+        (d / "usrlocal" / WORKSPACE_TARGET.removeprefix("/usr/local/")).mkdir(parents=True, exist_ok=True)
+        return [["mount", "--bind", str(d / "workspace"), WORKSPACE_TARGET]]
+
+    def _pod_environment(self, h: SimHost) -> dict[str, str]:
+        """PID 1's environment on a pod: what RunPod sets, the base image's HF_HOME, and the template's env."""
+        if not h.runpod:
+            return {}
+        gpus = 0 if h.gpu == "none" else len(parse_smi_xml(Path(h.gpu).read_text(errors="replace")).gpus)
+        return {"RUNPOD_POD_ID": h.pod_id, "RUNPOD_POD_HOSTNAME": f"{h.pod_id}-sim", "RUNPOD_GPU_COUNT": str(gpus),
+                "RUNPOD_CPU_COUNT": str(os.cpu_count() or 1), "RUNPOD_PUBLIC_IP": h.address,
+                "RUNPOD_TCP_PORT_22": str(h.port), "RUNPOD_DC_ID": "SIM-LAB-1",
+                "RUNPOD_API_KEY": "rpa_pod_scoped_" + h.pod_id,  # a pod-scoped key: must never leave the pod
+                "PUBLIC_KEY": self.client_key.with_suffix(".pub").read_text().strip(),
+                "HF_HOME": "/workspace/.cache/huggingface/", "UV_CACHE_DIR": "/workspace/.cache/uv",
+                "RP_WORKSPACE": "/workspace", **h.pod_env}
 
     def _up_systemd(self, h: SimHost) -> None:
         if not shutil.which("systemd-nspawn"):
@@ -394,6 +528,13 @@ class Lab:
             self._drop_bridge_if_unused()
         return names
 
+    def _kill_processes(self, h: SimHost) -> None:
+        """Every process of a plain host: its PID namespace ends with the `unshare` that holds it."""
+        if h.pid:
+            _kill_pid(h.pid, signal.SIGKILL, wait=3)
+        for pid in _run(["ip", "netns", "pids", h.netns], check=False).stdout.split():
+            _kill_pid(int(pid), signal.SIGKILL, wait=2)
+
     def _teardown(self, h: SimHost) -> None:
         d = Path(h.dir)
         if h.pid:
@@ -418,44 +559,93 @@ class Lab:
             shutil.rmtree(d, ignore_errors=True)
 
     # ----------------------------------------------------------- inventory
+    def _common_vars(self, indent: str) -> list[str]:
+        return [indent + x for x in (
+            "user: root",
+            f"identity_file: {self.client_key}",
+            "# the lab's own package index and model hub (stand-ins), on the lab bridge",
+            f"package_index: {self.services_url}/simple",
+            f"hf_endpoint: {self.services_url}",
+            "torch_backend: null",
+            "engine_env: {GPUPROV_STANDIN_DELAY: '2'}")]
+
+    def _engine_vars(self, h: SimHost, indent: str) -> list[str]:
+        if h.engine != "real":
+            return []
+        from .real_engine import host_vars
+
+        return ([f"{indent}sim_engine: real", f"{indent}# the real vLLM CPU build from the lab's /real index"]
+                + [f"{indent}{k}: {json.dumps(v)}" for k, v in host_vars(self.services_url).items()])
+
+    @staticmethod
+    def _listed_in_sim(h: SimHost) -> bool:
+        """A pod with a direct endpoint is found through the runpod source (its port moves at every reset)."""
+        return not h.runpod or h.proxy_only
+
     def inventory_yaml(self) -> str:
         lines = [
             "# Generated by `invoke sim-up`; do not edit. Simulated hosts: the GPU is a stand-in.",
             "sim:",
             "  vars:",
-            "    user: root",
-            f"    identity_file: {self.client_key}",
-            "    # the lab's own package index and model hub (stand-ins), on the lab bridge",
-            f"    package_index: {self.services_url}/simple",
-            f"    hf_endpoint: {self.services_url}",
-            "    torch_backend: null",
-            "    engine_env: {GPUPROV_STANDIN_DELAY: '2'}",
+            *self._common_vars("    "),
             "  hosts:",
         ]
-        hosts = self.hosts()
+        hosts = [h for h in self.hosts().values() if self._listed_in_sim(h)]
         if not hosts:
             lines[-1] = "  hosts: {}"
-        for h in sorted(hosts.values(), key=lambda x: x.index):
+        for h in sorted(hosts, key=lambda x: x.index):
             gpu = "none" if h.gpu == "none" else Path(h.gpu).stem
             lines += [f"    {h.name}:", f"      address: {h.address}", f"      sim_gpu: {gpu}",
                       f"      sim_systemd: {'true' if h.systemd else 'false'}"]
-            if h.engine == "real":
-                from .real_engine import host_vars
-
-                lines += ["      sim_engine: real", "      # the real vLLM CPU build from the lab's /real index"]
-                lines += [f"      {k}: {json.dumps(v)}" for k, v in host_vars(self.services_url).items()]
+            if h.port != 22:
+                lines.append(f"      port: {h.port}")
+            lines += self._engine_vars(h, "      ")
         return "\n".join(lines) + "\n"
 
+    def runpod_inventory_yaml(self) -> str:
+        pods = sorted((h for h in self.hosts().values() if h.runpod), key=lambda x: x.index)
+        lines = [
+            "# Generated by `invoke sim-up --runpod`; do not edit. The lab's pods, listed at every run by the lab's",
+            "# STAND-IN of RunPod's v2 API (GET /v2/pods) on the lab bridge, as a `plugin: runpod` source lists yours.",
+            "plugin: runpod",
+            f"api_url: {self.services_url}",
+            f"api_key_file: {runpod_api.key_file(self.services_root)}",
+            "group: sim_runpod",
+            "vars:",
+            *self._common_vars("  "),
+        ]
+        real = [h for h in pods if h.engine == "real"]
+        if real:
+            lines.append("hosts:")
+            for h in real:
+                lines += [f"  {h.name}:", *self._engine_vars(h, "    ")]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def services_root(self) -> Path:
+        return self.dir / "services"
+
     def write_inventory(self, path: Path) -> None:
+        """``sim.yml`` beside ``path``'s folder, and ``sim-runpod.yml`` while any pod exists; the stand-in API's
+        view of the pods is written at the same time."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self.hosts():
-            path.write_text(self.inventory_yaml())
-        elif path.exists():
-            path.unlink()
+        hosts = self.hosts()
+        runpod_api.write_pods(self.services_root, [h for h in hosts.values() if h.runpod])
+        rp = path.with_name("sim-runpod.yml")
+        for f, text, any_ in ((path, self.inventory_yaml, any(self._listed_in_sim(h) for h in hosts.values())),
+                              (rp, self.runpod_inventory_yaml, any(h.runpod for h in hosts.values()))):
+            if any_:
+                f.write_text(text())
+            elif f.exists():
+                f.unlink()
 
     def host_public_key(self, name: str) -> str:
         h = self.hosts()[name]
         return (Path(h.dir) / "host_ed25519.pub").read_text().split()[1]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _q(s: str) -> str:

@@ -10,6 +10,7 @@
 - The hub answers the part of the Hugging Face Hub API that ``huggingface_hub`` uses to download a repo
   (``HF_ENDPOINT`` points there): ``/api/models/<repo>/revision/<rev>`` and ``/<repo>/resolve/<rev>/<file>``
   (HEAD and GET, with ``X-Repo-Commit``, ``ETag`` and ``Content-Length``). Repos live in ``<dir>/hub/<org>/<name>``.
+- ``/v2/pods``: the STAND-IN of RunPod's v2 API listing the lab's ``--runpod`` hosts (runpod_api.py).
 
 Run: ``python -m gpuprov.sim.services --dir D --bind 10.231.0.1 --port 8765``.
 """
@@ -28,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ..ops.packages import norm
+from . import runpod_api
 
 COMMIT = "0" * 32 + "5ca1ab1e"
 
@@ -99,6 +101,8 @@ class LabHandler(BaseHTTPRequestHandler):
 
     def do_GET(self, head=False):
         path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
+        if path.rstrip("/") == "/v2/pods":
+            return runpod_api.answer(self, self.root)
         if re.match(r"(/real)?/(simple|files)(/|$)", path):
             return self.index(path, head)
         return self.model_hub(path, head)

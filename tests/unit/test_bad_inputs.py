@@ -73,7 +73,8 @@ def test_bad_input_gets_one_line(case, tmp_path, ports):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(content)
     before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
-    p = run_cli(cwd, [fill(a, values) for a in case["args"]], case.get("env"))
+    env = {k: fill(str(v), values) for k, v in (case.get("env") or {}).items()}
+    p = run_cli(cwd, [fill(a, values) for a in case["args"]], env)
     both = p.stdout + p.stderr
     assert "Traceback" not in both, both
     errors = [line for line in p.stderr.splitlines() if line.strip()]

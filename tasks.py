@@ -293,7 +293,7 @@ def tunnel(c, host, local_port=None, remote_port=None, next_free=False, paramiko
     try:
         for i, h in enumerate(hosts):
             t = api.open_tunnel(h, lport + i if lport else None, rport, next_free=next_free or len(hosts) > 1,
-                                transport="paramiko" if paramiko else "auto")
+                                transport="paramiko" if paramiko else "auto", inventory=inventory)
             tunnels.append(t)
             key = api.api_key_path(h)
             report.out.print(f"{h.name}: OPENAI_BASE_URL={t.base_url}  (via {t.kind})"

@@ -264,7 +264,7 @@ def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=(
         if first_provision:
             from first_provision import bench_first_provision
 
-            result["extra"].append(bench_first_provision())
+            result["extra"].extend(bench_first_provision())
         result["ratios"] = ratios(result["rows"])
     finally:
         if lab is not None and not keep:

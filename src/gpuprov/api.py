@@ -180,7 +180,8 @@ def engine_ready(host: Host, port: int) -> str | None:
 
 
 def open_tunnel(host: Host, local_port: int | None = None, remote_port: int | None = None, next_free: bool = False,
-                transport: str = "auto", check_ready: bool = True):  # noqa: ANN201
+                transport: str = "auto", check_ready: bool = True,
+                inventory: str | Path | None = None):  # noqa: ANN201
     engine_port = int(remote_port or host.var("engine_port", 8000))
     if check_ready:
         why = engine_ready(host, engine_port)
@@ -188,7 +189,9 @@ def open_tunnel(host: Host, local_port: int | None = None, remote_port: int | No
             raise UsageError(f"{host.name}: the engine on port {engine_port} is not ready ({why}); "
                              f"run `invoke provision --host {host.name}` or `invoke status --host {host.name}`")
     port = pick_port(int(local_port or engine_port), next_free)
-    return Tunnel(host, port, engine_port, settings.known_hosts_file(), transport).start()
+    # a RunPod pod's endpoint moves at a reset: each reconnect asks the inventory (the API) where it is now
+    resolve = (lambda: load_inventory(inventory).host(host.name)) if host.var("runpod_pod_id") else None
+    return Tunnel(host, port, engine_port, settings.known_hosts_file(), transport, resolve=resolve).start()
 
 
 def api_key_path(host: Host) -> Path | None:

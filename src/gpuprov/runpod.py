@@ -21,8 +21,6 @@ import logging
 import os
 import re
 import stat
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,13 +186,16 @@ class PodSource:
 
     def list_pods(self) -> list[dict[str, Any]]:
         """``GET /v2/pods`` with the key as a bearer header; one-line errors that never hold the key."""
+        import urllib.error
+        import urllib.request
+
         key = self.api_key()
         url = f"{self.api_url}/v2/pods"
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key.reveal()}",
                                                    "Accept": "application/json", "User-Agent": "gpuprov"})
         log.debug("GET %s", url)
         try:
-            with _NO_REDIRECTS.open(req, timeout=self.timeout) as resp:
+            with urllib.request.build_opener(_no_redirect()).open(req, timeout=self.timeout) as resp:
                 body = resp.read(64 << 20)
         except urllib.error.HTTPError as e:
             why = {401: "refused the API key", 403: "the API key may not list pods"}.get(e.code, "answered")
@@ -240,14 +241,16 @@ class PodSource:
         return res
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would carry the Authorization header to another address: refuse it."""
+def _no_redirect() -> Any:
+    """A redirect handler that refuses: a redirect would carry the Authorization header to another address."""
+    import urllib.error
+    import urllib.request
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201, PLR0913
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201, PLR0913
+            raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
 
-
-_NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
+    return NoRedirect
 
 
 def unavailable_reason(pod: Mapping[str, Any]) -> str | None:

@@ -9,6 +9,7 @@ failure closes the client at once (the next request triggers a reconnect).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import shutil
@@ -16,11 +17,14 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConnectError, UsageError
 from .inventory import Host
+
+log = logging.getLogger("gpuprov.tunnel")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -70,6 +74,30 @@ class Tunnel:
     _listener: socket.socket | None = None
     _runner: object | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the host as the inventory describes it now (a RunPod pod: its address and port from the API, which change
+    #: at every reset); called before each reconnect
+    resolve: Callable[[], Host] | None = None
+
+    def _refresh(self) -> None:
+        """Before a reconnect: a pod may have reset (new port, new key): look it up again and, if it moved or
+        restarted, connect once with gpuprov's own client, which re-pins a restarted pod's key for ``ssh``."""
+        if self.resolve is None:
+            return
+        try:
+            new = self.resolve()
+        except Exception as e:  # noqa: BLE001 - the API may be down for a moment: keep the last known endpoint
+            log.debug("%s: could not look the host up again: %s", self.host.name, e)
+            return
+        moved = ((new.address, new.port) != (self.host.address, self.host.port)
+                 or new.var("runpod_started_at") != self.host.var("runpod_started_at"))
+        self.host = new
+        if moved:
+            from .connection import SSHRunner, known_hosts
+
+            try:
+                SSHRunner(new, known_hosts()).connect().close()
+            except ConnectError as e:
+                log.debug("%s: %s", new.name, e)
 
     @property
     def kind(self) -> str:
@@ -109,6 +137,8 @@ class Tunnel:
         backoff = 1.0
         while not self._stop.is_set():
             started = time.monotonic()
+            if self.reconnects:
+                self._refresh()
             self._proc = subprocess.Popen(self.ssh_argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, start_new_session=True)
             if wait_listening(self.local_port, 15):
@@ -147,6 +177,7 @@ class Tunnel:
             if r is not None:
                 r.close()  # type: ignore[attr-defined]
                 self.reconnects += 1
+                self._refresh()
             from .connection import SSHRunner, known_hosts
 
             self._runner = SSHRunner(self.host, known_hosts()).connect()

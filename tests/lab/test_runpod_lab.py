@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -103,6 +104,35 @@ def test_after_a_reset_provision_repins_once_and_reinstalls_nothing(pod):
     assert marks("rpa") == before
     assert on_host("rpa", "cat", "/proc/1/comm").strip() == "start.sh"  # PID 1 is still the pod's own
     assert cli(sim, "provision", "--host", "rpa", "--json").stderr.count(REPIN) == 0  # pinned now
+
+
+def test_a_background_tunnel_finds_the_pod_again_after_a_reset(pod):
+    from openai import OpenAI
+
+    from gpuprov.sim import control
+
+    sim, _ = pod
+    p = cli(sim, "tunnel", "--host", "rpa", "--background", "--next-free", "--local-port", "18600")
+    assert p.returncode == 0, p.stdout + p.stderr
+    url = p.stdout.split("OPENAI_BASE_URL=", 1)[1].split()[0]
+    try:
+        control.sim_reset("rpa")  # the tunnel's ssh dies with the old port; it asks the API where the pod went
+        assert cli(sim, "provision", "--host", "rpa").returncode == 0
+        client = OpenAI(base_url=url, api_key=POD_KEY, timeout=5, max_retries=0)
+        deadline, last = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            try:
+                r = client.chat.completions.create(model="Qwen/Qwen3-8B", max_tokens=4,
+                                                   messages=[{"role": "user", "content": "hi"}])
+                break
+            except Exception as e:  # noqa: BLE001 - the tunnel is reconnecting
+                last = e
+                time.sleep(1)
+        else:
+            raise AssertionError(f"the tunnel did not come back within 60 s: {last}")
+        assert r.choices[0].message.content
+    finally:
+        cli(sim, "tunnel", "--host", "rpa", "--stop")
 
 
 def test_a_key_change_without_a_restart_is_refused(pod):

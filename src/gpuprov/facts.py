@@ -114,6 +114,9 @@ class Facts:
     pod_env: Mapping[str, Any] = field(default_factory=dict)
     #: where ``pod_env`` was read: "PID 1", "/etc/rp_environment", or None
     pod_env_from: str | None = None
+    #: the driver and GPUs as NVML names them (remote/probe.py); a provision records it in state.json, and the
+    #: next provision's probe skips nvidia-smi while NVML still says the same
+    gpu_fingerprint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -150,7 +153,7 @@ _FACT_TYPES = {
     "pid1": "str", "systemd": "bool", "container": "strs", "is_root": "bool", "sudo": "bool", "workspace": "bool",
     "install_root": "str", "disk_free_bytes": "count", "sftp": "bool", "tools": "map", "driver_version": "str",
     "cuda_driver_version": "str", "source": "str", "gpu_error": "str", "gpu_disagreement": "str", "installed": "map",
-    "probe_errors": "map", "pod_env_from": "str",
+    "probe_errors": "map", "pod_env_from": "str", "gpu_fingerprint": "str",
 }
 _GPU_TYPES = {"index": "count", "name": "str", "uuid": "str", "pci_bus_id": "str", "memory_total_mib": "count",
               "memory_free_mib": "count", "compute_capability": "cc", "mig_mode": "str"}
@@ -549,7 +552,7 @@ def disagreement(nvml: GpuReport, smi: GpuReport, compare_cc: bool = True) -> st
 
 
 def _smi_report(smi: Mapping[str, Any]) -> GpuReport | None:
-    if not smi.get("present"):
+    if not smi.get("present") or smi.get("skipped"):
         return None
     xml = smi.get("xml") or {}
     if xml.get("rc") == 0 and xml.get("out", "").strip():
@@ -649,6 +652,7 @@ def facts_from_probe(host: str, raw: Mapping[str, Any], sftp: bool | None = None
         gpus=rep.gpus,
         installed=installed,
         probe_errors=dict(raw.get("errors") or {}),
+        gpu_fingerprint=raw.get("gpu_fingerprint"),
         **_pod_env(raw.get("pod_env") or {}),
     )
 

@@ -1,11 +1,12 @@
 """One gpuprov run per host at a time, and one SSH channel for the run's host-side programs.
 
-``HostSession`` opens one channel to ``remote/session.py`` on the host. Over it, the probe and the state
-gathering run as requests (``session.run`` is a ``Runner.run``: ``remote.run(session, ...)`` works unchanged),
-and ``session.lock`` takes the run lock: an exclusive ``flock`` on a file next to the install root, held by the
+``HostSession`` opens one channel to ``remote/session.py`` on the host. Over it, the probe, the state gathering
+and the readiness check run as requests (``session.run`` is a ``Runner.run``: ``remote.run(session, ...)`` works
+unchanged; gpuprov's own programs run inside the session's Python, so none starts an interpreter of its own), and
+``session.lock`` takes the run lock: an exclusive ``flock`` on a file next to the install root, held by the
 session process until its stdin closes — that is, until our SSH channel closes. A run that dies (Ctrl-C, lost
 connection) therefore releases the lock by itself; there is no stale lock file to clean up. A re-provision costs
-two execs in all: this channel, and the readiness check with its completion.
+one exec in all: this channel.
 
 A dead run's *commands* may still be running on the host (closing an SSH session without a terminal does
 not stop them: an interrupted ``python3 -m venv`` goes on writing). So every applied command holds a shared
@@ -96,11 +97,17 @@ class HostSession:
 
     # ----------------------------------------------------------- what it does
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
-        """Run ``argv`` on the host inside the session (no new exec)."""
+        """Run ``argv`` on the host inside the session (no new exec); one of gpuprov's own programs (the probe,
+        the gatherer, the readiness check) runs inside the session's Python, without starting another."""
         start = time.monotonic()
         data = stdin or b""
-        head = self._request({"op": "run", "argv": [str(a) for a in argv], "stdin": len(data), "timeout": timeout},
-                             data, timeout + 15)
+        prog = remote.in_process(argv, stdin)
+        if prog is not None:
+            req = {"op": "py", "code": len(prog[0]), "argv": prog[1], "timeout": timeout}
+            head = self._request(req, prog[0], timeout + 15)
+        else:
+            head = self._request({"op": "run", "argv": [str(a) for a in argv], "stdin": len(data),
+                                  "timeout": timeout}, data, timeout + 15)
         until = time.monotonic() + 30
         out, err = self._read(int(head["out"]), until), self._read(int(head["err"]), until)
         return Result(tuple(str(a) for a in argv), int(head["rc"]), out.decode("utf-8", "replace"),

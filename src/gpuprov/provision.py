@@ -151,6 +151,7 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
     if not plan.python_managed:
         uv_env["UV_PYTHON_DOWNLOADS"] = "never"
     state = {"model": plan.model, "vllm_version": plan.vllm_version, "cuda_variant": plan.cuda_variant,
+             "gpu_fingerprint": facts.gpu_fingerprint,
              "venv": plan.venv, "serve_args": list(plan.serve_args), "service_manager": plan.service_manager,
              "engine_port": plan.engine_port, "engine_host": plan.engine_host, **lay.to_state()}
     unit_text_hash = hashlib.sha256(json.dumps([plan.serve_args, plan.vllm_version, root]).encode()).hexdigest()[:12]
@@ -201,7 +202,7 @@ def provision_host(host: Host, runner: Any, *, check: bool = False, diff: bool =
                    ready_timeout: float = 1800) -> ProvisionResult:
     with HostSession(runner) as session:  # one exec: the probe, the run lock and the state gathering
         t0 = time.monotonic()
-        facts = run_probe(session, check_sftp=False)
+        facts = run_probe(session, check_sftp=False, quick=True)
         plan = plan_for(host, facts)
         probe_s = time.monotonic() - t0
         if not plan.ok:
@@ -234,9 +235,9 @@ def _run_locked(host, runner, facts, plan, gp, check, diff, verify, on_event, on
     result = ProvisionResult(host.name, plan, recap)
     if check or not verify or recap.failed or recap.unreachable:
         return result
-    def wait() -> Any:
+    def wait() -> Any:  # inside the session (the run lock held through the proof): no exec of its own
         return health.wait_ready(
-            runner, manager=plan.service_manager, unit=gp["service"], log=gp["log"], pidfile=gp["pidfile"],
+            session or runner, manager=plan.service_manager, unit=gp["service"], log=gp["log"], pidfile=gp["pidfile"],
             port=plan.engine_port, env_file=gp["env_file"], model=plan.model, timeout=ready_timeout,
             on_progress=(lambda text: on_progress(host.name, text)) if on_progress else None)
 

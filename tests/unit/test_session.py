@@ -105,3 +105,32 @@ def test_the_readiness_poll_watches_on_the_host_and_answers_once_health_is_up(tm
     assert r.exec_count == 1 and d["health"] == 200
     assert d["lines"] == ["loading", "Application startup complete."]
     assert d["completion"]["ok"] and d["completion"]["content"] == "OK"
+
+
+def test_own_programs_run_inside_the_session_and_cannot_touch_its_channel(tmp_path, monkeypatch):
+    """gpuprov's programs run in the session's Python (no interpreter of their own); a child they start cannot read
+    the session's requests or write into its answers, and a program's exit status, crash and timeout are answers."""
+    import gpuprov.remote as rem
+
+    def program(body: str) -> dict:
+        text = ("import os, sys\n" + body).encode()
+        return {"argv": ["python3", "-c", rem.LOADER, str(len(text)), "arg1"], "stdin": text}
+
+    with HostSession(local()) as s:
+        seen = []
+        real_request = s._request
+        monkeypatch.setattr(s, "_request", lambda req, data, t: seen.append(req["op"]) or real_request(req, data, t))
+        res = s.run(**program("import subprocess\n"
+                                "child = subprocess.run(['sh', '-c', 'cat; echo child-out'], timeout=5)\n"
+                                "print(sys.argv[1:], os.getpid(), child.returncode)\nsys.exit(5)\n"), timeout=30)
+        assert seen == ["py"] and res.exit_status == 5
+        args, pid, child_rc = res.stdout.split(" ", 1)[0], res.stdout.split()[-2], res.stdout.split()[-1]
+        assert args == "['arg1']" and child_rc == "0" and "child-out" not in res.stdout
+        again = s.run(**program("print(os.getpid())\n"), timeout=30)
+        assert again.stdout.strip() == pid  # the same process: no new interpreter
+        crash = s.run(**program("raise ValueError('boom')\n"), timeout=30)
+        assert crash.exit_status == 1 and "ValueError: boom" in crash.stderr
+        slow = s.run(**program("import time\ntime.sleep(30)\n"), timeout=1)
+        assert slow.exit_status == 124 and "timed out" in slow.stderr
+        assert s.run(["sh", "-c", "echo still here"], timeout=10).stdout == "still here\n"
+        assert seen == ["py", "py", "py", "py", "run"]

@@ -16,9 +16,12 @@ NO_PYTHON = ('printf \'{"probe_version": 1, "errors": {"python": "python3 not fo
              '"arch": "%s"}\' "$(uname -r)" "$(uname -m)"')
 
 
-def probe_command(install_root: str | None = None, python: str = "python3") -> tuple[list[str], bytes]:
-    """``(argv, stdin)`` of the probe; a custom ``install_root`` is where it looks for an installation first."""
-    argv, stdin = remote.command("probe", *([install_root] if install_root else []), python=python)
+def probe_command(install_root: str | None = None, python: str = "python3", quick: bool = False
+                  ) -> tuple[list[str], bytes]:
+    """``(argv, stdin)`` of the probe; a custom ``install_root`` is where it looks for an installation first;
+    ``quick``: nvidia-smi is not asked while NVML answers what the last verified provision recorded."""
+    args = ([install_root] if install_root else []) + (["--quick"] if quick else [])
+    argv, stdin = remote.command("probe", *args, python=python)
     shell = ('if command -v "$1" >/dev/null 2>&1; then exec "$@"; else cat >/dev/null; ' + NO_PYTHON + "; fi")
     return ["sh", "-c", shell, "gpuprov-probe", *argv], stdin
 
@@ -34,10 +37,10 @@ def parse_probe_output(host: str, stdout: str, stderr: str = "", sftp: bool | No
     return facts_from_probe(host, raw, sftp)
 
 
-def run_probe(runner, check_sftp: bool = True) -> Facts:  # noqa: ANN001 - any Runner
+def run_probe(runner, check_sftp: bool = True, quick: bool = False) -> Facts:  # noqa: ANN001 - any Runner
     """The host's facts; a custom ``install_root`` var is where the probe looks for an installation first."""
     root = runner.host.var("install_root")
-    argv, stdin = probe_command(root if isinstance(root, str) and root.startswith("/") else None)
+    argv, stdin = probe_command(root if isinstance(root, str) and root.startswith("/") else None, quick=quick)
     res = runner.run(argv, stdin=stdin, timeout=PROBE_TIMEOUT)
     if res.exit_status != 0 and not res.stdout.strip():
         raise ProbeError(f"{runner.host.name}: the probe exited {res.exit_status}: {res.stderr.strip()[-300:]}")

@@ -10,6 +10,7 @@ The supervisor and the weights fetcher are installed as files with the same ``so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -42,6 +43,25 @@ def command(name: str, *args: object, code: str = "", stdin: bytes = b"", python
 def gather_command(queries: list[dict]) -> tuple[list[str], bytes]:
     """``(argv, stdin)`` of the state gatherer answering ``queries`` (``python3 -S``: no site imports)."""
     return command("gather", code=f"\nmain({queries!r})\n", flags=("-S",))
+
+
+def in_process(argv: Sequence[str], stdin: bytes | None) -> tuple[bytes, list[str]] | None:
+    """``(program, args)`` when ``argv`` runs one of these programs the way ``command`` (or the probe's ``sh``
+    wrapper around it) builds it, with nothing on stdin after the program: a session (``session.py``) then runs
+    it inside its own Python instead of starting another."""
+    argv = list(argv)
+    if argv[:2] == ["sh", "-c"] and argv[3:4] == ["gpuprov-probe"]:
+        argv = argv[4:]
+    rest = argv[1:]
+    while rest and rest[0] == "-S":
+        rest = rest[1:]
+    if not argv or not argv[0].startswith("python3") or rest[:2] != ["-c", LOADER] or len(rest) < 3:
+        return None
+    n = int(rest[2])
+    data = stdin or b""
+    if len(data) != n:
+        return None
+    return data, [str(a) for a in rest[3:]]
 
 
 def run(runner: Any, name: str, *args: object, timeout: float, **kw: Any) -> Any:

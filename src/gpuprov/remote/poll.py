@@ -7,7 +7,6 @@
 import json
 import subprocess
 import time
-import urllib.request
 
 
 def chat_completion(port, env_file, model, timeout):
@@ -17,18 +16,20 @@ def chat_completion(port, env_file, model, timeout):
     key = read_env(env_file).get("VLLM_API_KEY")
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say OK."}],
                        "max_tokens": 1}).encode()
-    req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port, data=body,
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
     if key:
-        req.add_header("Authorization", "Bearer " + key)
+        headers["Authorization"] = "Bearer " + key
     t = time.monotonic()
+    status, data = local_http(port, "POST", "/v1/chat/completions", body, headers, timeout)
+    if status != 200:
+        why = data if status is None else "HTTP %s: %s" % (status, data[:300].decode("utf-8", "replace"))
+        return {"ok": False, "error": why}
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            d = json.loads(r.read())
+        d = json.loads(data)
         return {"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
                 "content": d["choices"][0]["message"].get("content"),
                 "finish_reason": d["choices"][0].get("finish_reason")}
-    except Exception as e:
+    except (ValueError, KeyError, IndexError, TypeError) as e:
         return {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
 
 
@@ -48,15 +49,26 @@ def snapshot(a):
         out["service"] = {"active": props.get("ActiveState"), "restarts": int(props.get("NRestarts") or 0),
                           "last_exit": int(props.get("ExecMainStatus") or 0)}
     else:
-        pos = int(a["pos"] or 0)
         try:
             with open(a["log"], "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if size < pos:
-                    pos = 0
-                f.seek(pos)
-                data = f.read(1 << 20)
-                pos += len(data)
+                if a["pos"] is None:  # the first look: this run's lines (from the supervisor's last start) only
+                    start = max(0, size - (1 << 18))
+                    f.seek(start)
+                    data = f.read(1 << 18)
+                    pos = start + len(data)
+                    i = data.rfind(b"[gpuprov-supervise] starting")
+                    if i >= 0:
+                        data = data[i:]
+                    elif start:  # whole lines only
+                        data = data[data.find(b"\n") + 1:]
+                else:
+                    pos = int(a["pos"])
+                    if size < pos:
+                        pos = 0
+                    f.seek(pos)
+                    data = f.read(1 << 20)
+                    pos += len(data)
             out["lines"] = data.decode("utf-8", "replace").splitlines()
             out["pos"] = pos
         except OSError:

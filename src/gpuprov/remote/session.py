@@ -5,6 +5,10 @@
 #   {"op": "lock", "path": P, "owner": O, "work_lock": W or null, "wait": S}  ->  {"lock": "LOCKED" | "BUSY <who>"
 #       | "ORPHANS"}: an exclusive flock on P (writing O, who holds it); with W, wait up to S s for an earlier
 #       run's orphaned commands to let go of the work lock W (they hold it shared).
+#   {"op": "py", "code": N, "argv": [...], "timeout": T} + N bytes (one of gpuprov's programs)  ->  as "run", but
+#       the program runs inside this Python (a fresh namespace, its own argv, stdout and stderr captured; fds 0 and 1
+#       pointed away from this channel meanwhile): no second interpreter to start for the probe, the state gathering
+#       or the readiness check.
 # EOF on stdin (the channel closed: the run ended, or died) ends the session, which lets go of the lock.
 import fcntl
 import json
@@ -53,6 +57,54 @@ def run(req, data):
         return 127, b"", ("gpuprov session: %s\n" % e).encode()
 
 
+class ProgramTimeout(BaseException):
+    pass
+
+
+def run_program(req, code):
+    import io
+    import os
+    import traceback
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = (sys.stdout, sys.stderr, sys.argv, os.dup(0), os.dup(1))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)  # a child the program starts must not read our requests or write into our answers
+    os.dup2(null, 1)
+    os.close(null)
+    sys.stdout, sys.stderr, sys.argv = out, err, ["gpuprov-remote"] + list(req.get("argv") or [])
+
+    def on_timeout(signum, frame):
+        raise ProgramTimeout()
+
+    old = signal.signal(signal.SIGALRM, on_timeout)
+    signal.alarm(max(1, int(req.get("timeout") or 120)))
+    rc = 0
+    try:
+        exec(compile(code, "gpuprov-remote", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            rc = e.code or 0
+        else:
+            err.write("%s\n" % e.code)
+            rc = 1
+    except ProgramTimeout:
+        err.write("gpuprov session: timed out\n")
+        rc = 124
+    except BaseException:  # noqa: BLE001 - the program's failure is its answer, the session goes on
+        err.write(traceback.format_exc())
+        rc = 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        sys.stdout, sys.stderr, sys.argv = saved[0], saved[1], saved[2]
+        os.dup2(saved[3], 0)
+        os.dup2(saved[4], 1)
+        os.close(saved[3])
+        os.close(saved[4])
+    return rc, out.getvalue().encode("utf-8", "replace"), err.getvalue().encode("utf-8", "replace")
+
+
 def answer(head, *blobs):
     sys.stdout.buffer.write((json.dumps(head) + "\n").encode())
     for b in blobs:
@@ -73,10 +125,10 @@ while True:
     req = json.loads(line)
     if req["op"] == "lock":
         answer({"lock": take_lock(req)})
-    elif req["op"] == "run":
-        n = int(req.get("stdin") or 0)
+    elif req["op"] in ("run", "py"):
+        n = int(req.get("stdin") or req.get("code") or 0)
         data = inp.read(n) if n else b""
-        rc, out, err = run(req, data)
+        rc, out, err = run(req, data) if req["op"] == "run" else run_program(req, data)
         answer({"rc": rc, "out": len(out), "err": len(err)}, out, err)
     else:
         answer({"error": "unknown op %r" % req["op"]})

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import time
-import urllib.request
 
 out = {"installed": False}
 for root in sys.argv[1:]:  # where to look: the host's install_root var first, then the defaults (gpuprov.layout)
@@ -47,10 +46,10 @@ if out["installed"]:
                           "last_exit": s.get("last_exit")}
     port = st.get("engine_port", 8000)
     out["health"] = http_status(port)
+    status, body = local_http(port, "GET", "/version", timeout=3)
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/version" % port, timeout=3) as r:
-            out["version"] = json.loads(r.read()).get("version")
-    except (OSError, ValueError):
+        out["version"] = json.loads(body).get("version") if status == 200 else None
+    except (ValueError, AttributeError):
         out["version"] = None
 
 

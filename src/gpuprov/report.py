@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .facts import Facts
-from .fleet import HostOutcome
-from .inventory import Host
-from .plan import Plan
 from .secrets import Secret
+
+if TYPE_CHECKING:
+    from .facts import Facts
+    from .fleet import HostOutcome
+    from .inventory import Host
+    from .plan import Plan
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -201,10 +201,10 @@ def engine_ready(host: Host, port: int) -> str | None:
 def open_tunnel(host: Host, local_port: int | None = None, remote_port: int | None = None, next_free: bool = False,
                 transport: str = "auto", check_ready: bool = True,
                 inventory: str | Path | None = None):  # noqa: ANN201
+    from .tunnel import Tunnel, pick_port
+
     engine_port = int(remote_port or host.var("engine_port", 8000))
     if check_ready:
-        from .tunnel import Tunnel, pick_port
-
         why = engine_ready(host, engine_port)
         if why:
             raise UsageError(f"{host.name}: the engine on port {engine_port} is not ready ({why}); "

@@ -246,8 +246,9 @@ class KnownHosts:
             keys = paramiko.HostKeys()
             if self.path.is_file():
                 keys.load(str(self.path))
-            if replace and name in keys:
-                del keys[name]
+            if replace:  # every key pinned for it, not only the first
+                keys._entries = [e for e in keys._entries  # type: ignore[attr-defined]  # noqa: SLF001
+                                 if name not in e.hostnames]
             keys.add(name, key.get_name(), key)
             tmp = self.path.with_suffix(".tmp")
             keys.save(str(tmp))
@@ -272,6 +273,12 @@ class KnownHosts:
 
     def pinned_start(self, name: str) -> str | None:
         return self._pod_starts().get(name)
+
+    def note_start(self, name: str, started_at: str) -> None:
+        with self._lock:
+            starts = self._pod_starts()
+            starts[name] = started_at
+            _write_json(self.starts_file, starts)
 
     def forget(self, address: str, port: int | None = 22) -> bool:
         """Remove a pinned key (the fix for a key that changed on purpose): ``address`` at ``port``, every port of
@@ -324,6 +331,16 @@ class KnownHosts:
             f"attack, so gpuprov refuses to connect. If the host was rebuilt on purpose, forget the old key with "
             f"`invoke forget-host --host {target}` (or `ssh-keygen -R '{name}' -f {self.path}`) and connect again."
         )
+
+
+def _later(a: str, b: str) -> bool:
+    """Whether time ``a`` is after time ``b`` (RFC 3339, as RunPod's API writes them); unreadable: just different."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(a.replace("Z", "+00:00")) > datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return a != b
 
 
 def _hashed_match(hostnames: Sequence[str], name: str) -> bool:
@@ -413,6 +430,7 @@ class SSHRunner(Runner):
             raise ProxyOnly(f"{h.name}: {PROXY_FIX}")
         try:
             client = self._connect(address, port)
+            self._note_start()
         except HostKeyMismatch:
             if not self._may_repin(address, port):
                 raise
@@ -424,12 +442,20 @@ class SSHRunner(Runner):
         return self
 
     def _may_repin(self, address: str, port: int) -> bool:
-        """A pod's key changed: fine once RunPod's API shows the pod started again since the key was pinned."""
+        """A pod's key changed: fine once RunPod's API shows the pod started again (later) since the last connection
+        that saw the pinned key; never in strict mode."""
         alias, started = self.host.var("host_key_alias"), self.host.var("runpod_started_at")
-        if not alias or not started:
+        if not alias or not started or self.known_hosts.strict:
             return False
         before = self.known_hosts.pinned_start(str(alias))
-        return bool(before) and before != str(started)
+        return bool(before) and _later(str(started), str(before))
+
+    def _note_start(self) -> None:
+        """The pinned key answered: remember when the pod had started, so that only a later restart may re-pin (a
+        restart that kept its key must not leave an old start behind that any key change could then pass)."""
+        alias, started = self.host.var("host_key_alias"), self.host.var("runpod_started_at")
+        if alias and started and self.known_hosts.pinned_start(str(alias)) not in (None, str(started)):
+            self.known_hosts.note_start(str(alias), str(started))
 
     def _connect(self, address: str, port: int, repin: bool = False) -> paramiko.SSHClient:
         h = self.host

@@ -72,7 +72,9 @@ class HostSession:
                     raise ProxyOnly(refused)
                 raise ConnectError(f"{self.host.name}: the gpuprov session " +
                                    ("ended" if data == b"" else "stopped answering") +
-                                   (f" (it said: {self.buf.decode(errors='replace').strip()[-200:]})"
+                                   # the start of what came, never its end (a probe's answer ends with the
+                                   # pod's environment)
+                                   (f" (it said: {self.buf.decode(errors='replace').strip()[:160]})"
                                     if self.buf.strip() else ""))
             self.buf += data
         if n is None:

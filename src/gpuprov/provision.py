@@ -151,7 +151,8 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
     if not plan.python_managed:
         uv_env["UV_PYTHON_DOWNLOADS"] = "never"
     state = {"model": plan.model, "vllm_version": plan.vllm_version, "cuda_variant": plan.cuda_variant,
-             "gpu_fingerprint": facts.gpu_fingerprint,
+             # a fingerprint lets the next probe skip nvidia-smi: only when the two agreed
+             "gpu_fingerprint": None if facts.gpu_disagreement else facts.gpu_fingerprint,
              "venv": plan.venv, "serve_args": list(plan.serve_args), "service_manager": plan.service_manager,
              "engine_port": plan.engine_port, "engine_host": plan.engine_host, **lay.to_state()}
     unit_text_hash = hashlib.sha256(json.dumps([plan.serve_args, plan.vllm_version, root]).encode()).hexdigest()[:12]

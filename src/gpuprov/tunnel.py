@@ -77,6 +77,8 @@ class Tunnel:
     #: the host as the inventory describes it now (a RunPod pod: its address and port from the API, which change
     #: at every reset); called before each reconnect
     resolve: Callable[[], Host] | None = None
+    _repin_due: bool = False
+    _connected: bool = False
 
     def _refresh(self) -> None:
         """Before a reconnect: a pod may have reset (new port, new key): look it up again and, if it moved or
@@ -91,11 +93,13 @@ class Tunnel:
         moved = ((new.address, new.port) != (self.host.address, self.host.port)
                  or new.var("runpod_started_at") != self.host.var("runpod_started_at"))
         self.host = new
-        if moved:
+        self._repin_due = self._repin_due or moved
+        if self._repin_due:  # until one connection succeeds (sshd may not be up yet right after a reset)
             from .connection import SSHRunner, known_hosts
 
             try:
                 SSHRunner(new, known_hosts()).connect().close()
+                self._repin_due = False
             except ConnectError as e:
                 log.debug("%s: %s", new.name, e)
 
@@ -176,11 +180,13 @@ class Tunnel:
                 pass
             if r is not None:
                 r.close()  # type: ignore[attr-defined]
+            if self._connected:  # any reconnect: the host may have moved (a pod's reset)
                 self.reconnects += 1
                 self._refresh()
             from .connection import SSHRunner, known_hosts
 
             self._runner = SSHRunner(self.host, known_hosts()).connect()
+            self._connected = True
             return self._runner.transport  # type: ignore[attr-defined]
 
     def _run_paramiko(self) -> None:

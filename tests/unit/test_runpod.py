@@ -282,5 +282,51 @@ def test_pins_per_pod_id_and_the_repin_rule(tmp_path):
 
     assert runner("2026-06-03T09:00:00Z")._may_repin("203.0.113.5", 40022)  # restarted since the pin
     assert not runner("2026-06-01T12:02:00Z")._may_repin("203.0.113.5", 40022)  # same start: refuse
+    assert not runner("2026-05-30T00:00:00Z")._may_repin("203.0.113.5", 40022)  # an older start: refuse
     assert not runner(None)._may_repin("203.0.113.5", 40022)
+    # a restart that kept its key: the pinned key answered, so that start is remembered, and a key change at that
+    # same start is refused (it would otherwise pass as "started since the pin")
+    runner("2026-06-03T09:00:00Z")._note_start()
+    assert kh.pinned_start("runpod-abc") == "2026-06-03T09:00:00Z"
+    assert not runner("2026-06-03T09:00:00Z")._may_repin("203.0.113.5", 40022)
+    strict = KnownHosts(kh.path, strict=True, user_file=tmp_path / "none")
+    r = runner("2026-06-09T00:00:00Z")
+    r.known_hosts = strict
+    assert not r._may_repin("203.0.113.5", 40022)  # strict host keys: never re-pinned
+    kh.pin("runpod-abc", paramiko.RSAKey.generate(1024), replace=True)
+    assert len(kh.for_name("runpod-abc", "x")._entries) == 1  # replaced, not added
     assert kh.forget("runpod-abc", None) and kh.pinned_start("runpod-abc") is None
+
+
+def test_the_hosts_http_client_answers_oddities_with_a_reason():
+    """remote/_common.py's local_http against a local server: a body by length, chunked, and malformed answers."""
+    import socket
+    from importlib import resources
+
+    ns: dict = {}
+    exec(resources.files("gpuprov.remote").joinpath("_common.py").read_text(), ns)
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokIGNORED",
+               b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\nx", b"garbage"]
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve() -> None:
+        for a in answers:
+            c, _ = srv.accept()
+            c.recv(65536)
+            c.sendall(a)
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    port = srv.getsockname()[1]
+    try:
+        assert ns["local_http"](port) == (200, b"ok")
+        assert ns["local_http"](port) == (200, b"abcde")
+        assert ns["local_http"](port) == (None, "a malformed HTTP answer")
+        assert ns["local_http"](port) == (None, "not an HTTP answer")
+    finally:
+        t.join(5)
+        srv.close()

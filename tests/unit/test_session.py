@@ -121,11 +121,13 @@ def test_own_programs_run_inside_the_session_and_cannot_touch_its_channel(tmp_pa
         real_request = s._request
         monkeypatch.setattr(s, "_request", lambda req, data, t: seen.append(req["op"]) or real_request(req, data, t))
         res = s.run(**program("import subprocess\n"
-                                "child = subprocess.run(['sh', '-c', 'cat; echo child-out'], timeout=5)\n"
+                                "child = subprocess.run(['sh', '-c', 'cat; echo child-out; echo child-err >&2'],"
+                                " timeout=5)\n"
                                 "print(sys.argv[1:], os.getpid(), child.returncode)\nsys.exit(5)\n"), timeout=30)
         assert seen == ["py"] and res.exit_status == 5
         args, pid, child_rc = res.stdout.split(" ", 1)[0], res.stdout.split()[-2], res.stdout.split()[-1]
         assert args == "['arg1']" and child_rc == "0" and "child-out" not in res.stdout
+        assert "child-err" not in res.stdout + res.stderr  # the channel merges stderr: the child never reached it
         again = s.run(**program("print(os.getpid())\n"), timeout=30)
         assert again.stdout.strip() == pid  # the same process: no new interpreter
         crash = s.run(**program("raise ValueError('boom')\n"), timeout=30)

@@ -30,8 +30,9 @@ def parse_probe_output(host: str, stdout: str, stderr: str = "", sftp: bool | No
     try:
         raw = json.loads(stdout)
     except ValueError:
-        tail = (stderr or stdout).strip().splitlines()[-3:]
-        raise ProbeError(f"{host}: the probe printed no JSON: {' | '.join(tail) or 'no output'}") from None
+        tail = stderr.strip().splitlines()[-3:]  # not stdout's end: a cut-short answer ends with the pod's env
+        said = " | ".join(tail) or (f"{len(stdout)} bytes that are not JSON" if stdout.strip() else "no output")
+        raise ProbeError(f"{host}: the probe printed no JSON: {said}") from None
     if not isinstance(raw, dict):
         raise ProbeError(f"{host}: the probe printed {type(raw).__name__}, not an object")
     return facts_from_probe(host, raw, sftp)

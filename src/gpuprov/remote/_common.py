@@ -125,6 +125,13 @@ def local_http(port, method="GET", path="/health", body=None, headers=None, time
     except (IndexError, ValueError):
         return None, "not an HTTP answer"
     fields = dict((k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:]))
+    try:
+        return status, _http_body(fields, rest)
+    except ValueError:
+        return None, "a malformed HTTP answer"
+
+
+def _http_body(fields, rest):
     if fields.get("transfer-encoding", "").lower() == "chunked":
         out = b""
         while rest:
@@ -133,10 +140,10 @@ def local_http(port, method="GET", path="/health", body=None, headers=None, time
             if not size:
                 break
             out, rest = out + rest[:size], rest[size + 2:]
-        rest = out
-    elif "content-length" in fields:
-        rest = rest[:int(fields["content-length"])]
-    return status, rest
+        return out
+    if "content-length" in fields:
+        return rest[:int(fields["content-length"])]
+    return rest
 
 
 def http_status(port, path="/health", timeout=3):

@@ -250,7 +250,7 @@ def run(argv, timeout=20):
     for fd in open_fds:
         os.close(fd)
     _, status = os.waitpid(pid, 0)
-    rc = os.waitstatus_to_exitcode(status)
+    rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)  # (3.8: no waitstatus_to_exitcode)
     return rc, b"".join(bufs[out_r]).decode("utf-8", "replace"), b"".join(bufs[err_r]).decode("utf-8", "replace")
 
 

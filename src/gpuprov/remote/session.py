@@ -6,9 +6,9 @@
 #       | "ORPHANS"}: an exclusive flock on P (writing O, who holds it); with W, wait up to S s for an earlier
 #       run's orphaned commands to let go of the work lock W (they hold it shared).
 #   {"op": "py", "code": N, "argv": [...], "timeout": T} + N bytes (one of gpuprov's programs)  ->  as "run", but
-#       the program runs inside this Python (a fresh namespace, its own argv, stdout and stderr captured; fds 0 and 1
-#       pointed away from this channel meanwhile): no second interpreter to start for the probe, the state gathering
-#       or the readiness check.
+#       the program runs inside this Python (a fresh namespace, its own argv, stdout and stderr captured; fds 0, 1
+#       and 2 pointed away from this channel meanwhile): no second interpreter to start for the probe, the state
+#       gathering or the readiness check.
 # EOF on stdin (the channel closed: the run ended, or died) ends the session, which lets go of the lock.
 import fcntl
 import json
@@ -67,10 +67,10 @@ def run_program(req, code):
     import traceback
 
     out, err = io.StringIO(), io.StringIO()
-    saved = (sys.stdout, sys.stderr, sys.argv, os.dup(0), os.dup(1))
+    saved = (sys.stdout, sys.stderr, sys.argv, os.dup(0), os.dup(1), os.dup(2))
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # a child the program starts must not read our requests or write into our answers
-    os.dup2(null, 1)
+    for fd in (0, 1, 2):  # a child the program starts must not read our requests or write into our answers
+        os.dup2(null, fd)  # (the channel may carry stderr and stdout as one stream)
     os.close(null)
     sys.stdout, sys.stderr, sys.argv = out, err, ["gpuprov-remote"] + list(req.get("argv") or [])
 
@@ -98,10 +98,9 @@ def run_program(req, code):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
         sys.stdout, sys.stderr, sys.argv = saved[0], saved[1], saved[2]
-        os.dup2(saved[3], 0)
-        os.dup2(saved[4], 1)
-        os.close(saved[3])
-        os.close(saved[4])
+        for fd, copy in ((0, saved[3]), (1, saved[4]), (2, saved[5])):
+            os.dup2(copy, fd)
+            os.close(copy)
     return rc, out.getvalue().encode("utf-8", "replace"), err.getvalue().encode("utf-8", "replace")
 
 

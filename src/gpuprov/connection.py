@@ -429,12 +429,12 @@ class SSHRunner(Runner):
         if is_proxy_address(address):
             raise ProxyOnly(f"{h.name}: {PROXY_FIX}")
         try:
-            client = self._connect(address, port)
+            client = self._connect(address, port, cfg)
             self._note_start()
         except HostKeyMismatch:
             if not self._may_repin(address, port):
                 raise
-            client = self._connect(address, port, repin=True)
+            client = self._connect(address, port, cfg, repin=True)
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE_S)
@@ -457,9 +457,9 @@ class SSHRunner(Runner):
         if alias and started and self.known_hosts.pinned_start(str(alias)) not in (None, str(started)):
             self.known_hosts.note_start(str(alias), str(started))
 
-    def _connect(self, address: str, port: int, repin: bool = False) -> paramiko.SSHClient:
+    def _connect(self, address: str, port: int, cfg: dict, repin: bool = False) -> paramiko.SSHClient:
+        """One attempt, with ``cfg`` (``~/.ssh/config`` for the host, read once by ``connect``)."""
         h = self.host
-        cfg = ssh_config_for(h.address)
         user = h.user or cfg.get("user") or "root"
         key_files = [h.identity_file] if h.identity_file else list(cfg.get("identityfile", []))
         key_files = [os.path.expanduser(k) for k in key_files if k]

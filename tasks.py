@@ -239,10 +239,10 @@ def provision(c, host, model=None, check=False, diff=False, no_verify=False, inv
     from gpuprov import api, report
 
     extra = list(e or []) + ([f"model={model}"] if model else [])
-    hosts = api.select_hosts(host, inventory, extra)
-    results = api.provision(hosts, check=check, diff=diff, verify=not no_verify,
-                            on_event=None if json else report.task_event,
-                            on_progress=None if json else report.progress_line)
+    singles, groups = api.select_targets(host, inventory, extra)
+    results = api.provision_targets(singles, groups, check=check, diff=diff, verify=not no_verify,
+                                    on_event=None if json else report.task_event,
+                                    on_progress=None if json else report.progress_line)
     if json:
         report.provision_json(results)
     else:
@@ -269,35 +269,57 @@ def tunnel(c, host, local_port=None, remote_port=None, next_free=False, paramiko
     from gpuprov.tunnel import Background
 
     lport, rport = _port(local_port, "--local-port"), _port(remote_port, "--remote-port")
-    hosts = api.select_hosts(host, inventory)
+    singles, groups = api.select_targets(host, inventory, whole=False)
+    # a multinode deployment answers at its head; replicas answer through the router in front of them
+    hosts = singles + [g.host(g.head) for g in groups if g.kind == "multinode"]
+    fronts = [g for g in groups if g.kind == "replicas"]
+    names = [h.name for h in hosts] + [g.name for g in fronts]
     if lport is not None:
-        _port(lport + len(hosts) - 1, "--local-port (one port per host from there)")
+        _port(lport + len(names) - 1, "--local-port (one port per host from there)")
     tdir = settings.home() / "tunnels"
     if stop:
-        for h in hosts:
-            report.note(f"{h.name}: {Background(h.name, tdir).stop()}")
+        for name in names:
+            report.note(f"{name}: {Background(name, tdir).stop()}")
         return
     if background:
-        for i, h in enumerate(hosts):
-            bg = Background(h.name, tdir)
-            args = [sys.executable, "-m", "invoke", "tunnel", "--host", h.name,
+        for i, name in enumerate(names):
+            bg = Background(name, tdir)
+            args = [sys.executable, "-m", "invoke", "tunnel", "--host", name,
                     "--local-port", str((lport or 8000) + i)]
             args += ["--next-free"] * bool(next_free) + ["--paramiko"] * bool(paramiko)
             args += ["--inventory", str(inventory)] if inventory else []
             args += ["--remote-port", str(rport)] if rport else []
-            url = bg.start(args)
-            report.out.print(f"{h.name}: OPENAI_BASE_URL={url}  (background pid {bg.pidfile.read_text().strip()}, "
-                             f"log {bg.log}; `invoke tunnel --host {h.name} --stop` ends it)", markup=False)
+            url = bg.start(args, timeout=300 if name in {g.name for g in fronts} else 60)
+            report.out.print(f"{name}: OPENAI_BASE_URL={url}  (background pid {bg.pidfile.read_text().strip()}, "
+                             f"log {bg.log}; `invoke tunnel --host {name} --stop` ends it)", markup=False)
         return
-    tunnels = []
+    import signal
+
+    def _terminated(*_):
+        raise KeyboardInterrupt  # `--stop` (SIGTERM) closes the tunnels and the router like Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminated)
+    opened = []
+    transport = "paramiko" if paramiko else "auto"
     try:
         for i, h in enumerate(hosts):
-            t = api.open_tunnel(h, lport + i if lport else None, rport, next_free=next_free or len(hosts) > 1,
-                                transport="paramiko" if paramiko else "auto", inventory=inventory)
-            tunnels.append(t)
+            t = api.open_tunnel(h, lport + i if lport else None, rport, next_free=next_free or len(names) > 1,
+                                transport=transport, inventory=inventory)
+            opened.append(t)
             key = api.api_key_path(h)
             report.out.print(f"{h.name}: OPENAI_BASE_URL={t.base_url}  (via {t.kind})"
                              + (f"  API key in {key} (0600)" if key else ""), markup=False)
+        for j, g in enumerate(fronts):
+            gt = api.open_replicas(g, (lport + len(hosts) + j) if lport else None,
+                                   next_free=next_free or len(names) > 1, transport=transport, inventory=inventory,
+                                   note=report.note)
+            opened.append(gt)
+            for name, why in gt.skipped.items():
+                report.note(f"warning: {name}: not ready now ({why}); it joins the rotation once it answers")
+            key = api.api_key_path(g.hosts[0])
+            report.out.print(f"{g.name}: OPENAI_BASE_URL={gt.base_url}  (vllm-router {gt.router_version}, round "
+                             f"robin over {', '.join(g.names)})" + (f"  API key in {key} (0600)" if key else ""),
+                             markup=False)
         sys.stdout.flush()
         report.note("Ctrl-C to stop")
         while True:
@@ -305,7 +327,7 @@ def tunnel(c, host, local_port=None, remote_port=None, next_free=False, paramiko
     except KeyboardInterrupt:
         pass
     finally:
-        for t in tunnels:
+        for t in opened:
             t.stop()
 
 
@@ -373,9 +395,14 @@ def status(c, host, inventory=None, json=False, verbose=False):
     """Service state, readiness, model, vLLM version, uptime, restarts, GPU memory and utilisation, endpoint."""
     from gpuprov import api, report
 
-    outcomes = api.status(api.select_hosts(host, inventory))
-    (report.status_json if json else report.status_human)(outcomes)
-    _finish(outcomes)
+    singles, groups = api.select_targets(host, inventory, whole=False)
+    outcomes = api.status(singles) if singles else []
+    deployments = api.deployment_status(groups)
+    if singles:
+        (report.status_json if json else report.status_human)(outcomes)
+    for d in deployments:
+        (report.deployment_json if json else report.deployment_human)(d)
+    _finish(outcomes + deployments)
 
 
 @task(help=HOST_ONLY_HELP | {"f": "follow (until Ctrl-C)", "n": "lines (default 100)"})
@@ -386,7 +413,15 @@ def logs(c, host, f=False, n=None, inventory=None, verbose=False):
     from gpuprov.errors import UsageError
 
     lines = _number(n, "-n/--n", 1, 1_000_000) or 100
-    hosts = api.select_hosts(host, inventory)
+    singles, groups = api.select_targets(host, inventory, whole=False)
+    hosts = singles + [h for g in groups for h in g.hosts]
+    if len(hosts) > 1 and groups and not f and not singles and len(groups) == 1:
+        for h in hosts:  # a deployment's nodes one after the other, each line marked with its node
+            prefix = f"{h.name}| "
+            api.stream_logs(h, lines, False, lambda text, p=prefix: sys.stdout.write(
+                "".join(p + line for line in text.splitlines(keepends=True))))
+        sys.stdout.flush()
+        return
     if len(hosts) != 1:
         raise UsageError(f"logs takes one host; {host!r} is {len(hosts)} hosts ({', '.join(h.name for h in hosts)})")
     try:
@@ -401,9 +436,13 @@ def _control(action):
     def control(c, host, inventory=None, verbose=False):
         from gpuprov import api, report
 
-        outcomes = api.control(api.select_hosts(host, inventory), action)
+        singles, groups = api.select_targets(host, inventory)
+        singles += [h for g in groups if g.kind != "multinode" for h in g.hosts]
+        outcomes = api.control(singles, action) if singles else []
         report.control_human(action, outcomes)
-        _finish(outcomes)
+        groups_done = api.control_deployments([g for g in groups if g.kind == "multinode"], action)
+        report.control_groups_human(action, groups_done)
+        _finish(outcomes + groups_done)
 
     control.__doc__ = {"start": "Start the engine and wait until it answers a completion.",
                        "stop": "Stop the engine (it stays installed).",
@@ -422,7 +461,9 @@ def teardown(c, host, purge=False, inventory=None, verbose=False):
     """Remove the service, venvs, scripts, logs and secrets files (weights stay unless --purge)."""
     from gpuprov import api, report
 
-    outcomes = api.teardown(api.select_hosts(host, inventory), purge=purge, on_event=report.task_event)
+    singles, groups = api.select_targets(host, inventory)
+    hosts = singles + [h for g in groups for h in g.hosts]
+    outcomes = api.teardown(hosts, purge=purge, on_event=report.task_event)
     for o in outcomes:
         if not o.ok:
             report.outcome_error(o)

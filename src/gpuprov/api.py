@@ -55,6 +55,19 @@ def select_hosts(pattern: str, inventory: str | Path | Inventory | None = None, 
     return [h.with_vars(extra, "command line") if extra else h for h in hosts]
 
 
+def select_targets(pattern: str, inventory: str | Path | Inventory | None = None, extra_vars: Sequence[str] = (),
+                   whole: bool = True) -> tuple[list[Host], list[Any]]:
+    """``--host`` as single hosts and deployments (groups whose vars set ``deployment``: multinode or replicas);
+    with ``whole``, a node of a multinode deployment may only be named with the rest of it."""
+    from .deployment import split
+
+    inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
+    if any(v.startswith("deployment=") for v in extra_vars):
+        raise UsageError("deployment is a group var: put the hosts that serve together in a group and set "
+                         "deployment in that group's vars (not with -e)")
+    return split(inv, select_hosts(pattern, inv, extra_vars), whole=whole)
+
+
 # --------------------------------------------------------------------------- probe and plan
 
 
@@ -144,6 +157,38 @@ def models_fit(pattern: str | None, inventory: str | Path | None = None, extra_v
     return for_each_host(hosts, one)
 
 
+def provision_targets(singles: Sequence[Host], deployments: Sequence[Any], **kw: Any) -> list:
+    """Single hosts and replicas as before (in parallel); each multinode deployment as a whole. Returns one
+    ProvisionResult per host (a deployment's refusal: one, named after the group)."""
+    from . import multinode
+    from .deployment import check_replicas
+    from .provision import ProvisionResult
+
+    hosts = list(singles)
+    for d in deployments:
+        if d.kind == "replicas":
+            check_replicas(d)
+            hosts += [h.with_vars({"deployment_group": d.name}, f"deployment {d.name}") for h in d.hosts]
+    out = provision(hosts, **kw) if hosts else []
+    for d in (d for d in deployments if d.kind == "multinode"):
+        g = multinode.run(d, **kw)
+        if g.refused or (g.error and not g.nodes):
+            out.append(ProvisionResult(d.name, refused=g.refused, recap=None if g.refused else
+                                       _error_recap(d.name, g.error)))
+            continue
+        out += g.nodes
+        if g.error:
+            out.append(ProvisionResult(d.name, recap=_error_recap(d.name, g.error)))
+    return out
+
+
+def _error_recap(name: str, error: str | None) -> Any:
+    from .errors import RemoteError
+    from .executor import HostRecap
+
+    return HostRecap.of_error(name, RemoteError(error or "failed"))
+
+
 def provision(hosts: Sequence[Host], **kw: Any) -> list:
     """``invoke provision`` (``provision.provision``): probe, plan, play, readiness, roll-back, per host."""
     from .provision import provision as run
@@ -215,6 +260,14 @@ def open_tunnel(host: Host, local_port: int | None = None, remote_port: int | No
     return Tunnel(host, port, engine_port, settings.known_hosts_file(), transport, resolve=resolve).start()
 
 
+def open_replicas(dep: Any, local_port: int | None = None, next_free: bool = False, transport: str = "auto",
+                  inventory: str | Path | None = None, note: Any = None):  # noqa: ANN201
+    """A replicas deployment behind one local endpoint: a tunnel per replica, vllm-router in front."""
+    from .replicas import open_group_tunnel
+
+    return open_group_tunnel(dep, open_tunnel, engine_ready, local_port, next_free, transport, inventory, note)
+
+
 def api_key_path(host: Host) -> Path | None:
     p = settings.api_key_file(host.name)
     return p if p.is_file() else None
@@ -234,6 +287,31 @@ def status(hosts: Sequence[Host]) -> list[HostOutcome]:
             r.close()
 
     return for_each_host(hosts, one)
+
+
+def deployment_status(deployments: Sequence[Any]) -> list[Any]:
+    """Each deployment's status: one row per node (multinode) or replica, and its state."""
+    from . import multinode, replicas
+
+    return [(multinode.status if d.kind == "multinode" else replicas.status)(d) for d in deployments]
+
+
+def control_deployments(deployments: Sequence[Any], action: str, timeout: float = 1800) -> list[Any]:
+    """start | stop | restart each multinode deployment as a whole (stop every node; start them together)."""
+    from . import multinode
+
+    return [GroupControl(d.name, action, dict(multinode.control(d, action, timeout))) for d in deployments]
+
+
+@dataclass(frozen=True)
+class GroupControl:
+    group: str
+    action: str
+    nodes: dict
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if any(r is not None and not r.ready for r in self.nodes.values()) else EXIT_OK
 
 
 @dataclass(frozen=True)

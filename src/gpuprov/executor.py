@@ -657,12 +657,13 @@ def apply_one(runner: Any, op: Op, work_lock: str | None = None) -> bool:
     return True
 
 
-def service_op(layout: Any, manager: str, state: str, title: str) -> Op:
-    """The ``service`` operation for gpuprov's own engine service at ``layout`` (a ``HostLayout``)."""
+def service_op(layout: Any, manager: str, state: str, title: str, restart: str = "on-failure") -> Op:
+    """The ``service`` operation for gpuprov's own engine service at ``layout`` (a ``HostLayout``); ``restart``
+    no for a node of a multinode engine (its deployment restarts as a whole)."""
     from .ops.service import Service
 
     args: dict[str, Any] = {"name": layout.service, "manager": manager, "state": state}
     if manager == "supervisor":
         args.update(command=[layout.launcher], env_file=layout.env_file, log=layout.log, pidfile=layout.pidfile,
-                    supervisor=layout.supervisor, workdir=layout.root)
+                    supervisor=layout.supervisor, workdir=layout.root, restart=restart)
     return Service(args, title)

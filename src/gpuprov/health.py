@@ -138,7 +138,9 @@ POLL_WAIT_S = 3.0
 
 def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, port: int, env_file: str,
                model: str, timeout: float = 1800, on_progress: Callable[[str], None] | None = None,
-               poll_s: float = 0.2) -> Readiness:
+               poll_s: float = 0.2, abort: Callable[[], str | None] | None = None) -> Readiness:
+    """Follow the engine's start until it answers a completion; ``abort`` (checked between polls) ends the wait
+    early with its reason (a multinode follower that stopped)."""
     args = {"manager": manager, "unit": unit, "log": log, "pidfile": pidfile, "port": port, "pos": None,
             "since": time.time() - 5,
             # an engine that is already up is proven in this same exec (a re-provision: one exec to verify)
@@ -178,6 +180,9 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
         if svc.get("active") == "failed" or restarted or (svc.get("active") == "inactive" and diagnose(prog.lines)):
             return Readiness(False, time.monotonic() - prog.started, error="the engine exited during start-up",
                              diagnosis=diagnose(prog.lines), last_lines=prog.lines[-20:])
+        stop = abort() if abort else None
+        if stop:
+            return Readiness(False, time.monotonic() - prog.started, error=stop, last_lines=prog.lines[-20:])
         text = prog.render()
         if on_progress and text != last:
             on_progress(text)

@@ -165,7 +165,8 @@ class _Group:
     name: str
     parents: set[str] = field(default_factory=set)
     vars: dict[str, Var] = field(default_factory=dict)
-    hosts: set[str] = field(default_factory=set)
+    #: the group's own hosts in declaration order (a multinode deployment's head is its first host)
+    hosts: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass
@@ -271,7 +272,7 @@ class Inventory:
                 raise InventoryError(f"'hosts' of group {name!r} must be a mapping", str(path), _line(data, "hosts"))
             for hname, hdata in hosts.items():
                 self._load_host(path, hname, hdata, _line(hosts, hname))
-                group.hosts.add(hname)
+                group.hosts[hname] = None
         children = data.get("children")
         if children is not None:
             if not isinstance(children, dict):
@@ -359,9 +360,9 @@ class Inventory:
             for hname in _expand_range(words[0], str(path), n):
                 self._load_host(path, hname, dict(data), n)
                 if section != "ungrouped":
-                    self.groups[section].hosts.add(hname)
+                    self.groups[section].hosts[hname] = None
                 else:
-                    self.groups.setdefault("ungrouped", _Group("ungrouped", {"all"})).hosts.add(hname)
+                    self.groups.setdefault("ungrouped", _Group("ungrouped", {"all"})).hosts[hname] = None
 
     def _dir_vars(self, d: Path) -> tuple[dict[str, dict[str, Var]], dict[str, dict[str, Var]]]:
         """group_vars/ and host_vars/ under ``d``: {name: vars} for groups and for hosts (read once per folder,
@@ -414,6 +415,21 @@ class Inventory:
             out.insert(0, "all")
         depth = {g: len(self._ancestors(g)) for g in out}
         return sorted(out, key=lambda g: (depth[g], g != "all", g))
+
+    def members(self, group: str) -> list[str]:
+        """The hosts of ``group`` and of its children, in declaration order (its own hosts first)."""
+        out: dict[str, None] = dict.fromkeys(self.groups[group].hosts) if group in self.groups else {}
+        for child in (g for g in self.groups.values() if group in g.parents):
+            out.update(dict.fromkeys(self.members(child.name)))
+        return list(out)
+
+    def group_var(self, group: str, name: str, playbook_dir: Path | None = None) -> Var | None:
+        """The var ``name`` as ``group`` itself sets it (inline or in a group_vars/ folder), else None."""
+        found = self.groups[group].vars.get(name) if group in self.groups else None
+        dirs = [*self.var_dirs] + ([playbook_dir] if playbook_dir and playbook_dir not in self.var_dirs else [])
+        for d in dirs:
+            found = self._dir_vars(d)[0].get(group, {}).get(name, found)
+        return found
 
     def host(self, name: str, playbook_dir: Path | None = None) -> Host:
         decl = self.hosts[name]

@@ -76,6 +76,17 @@ class Plan:
     memory: Mapping[str, Any] = field(default_factory=dict)
     why: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: how the host serves (deployment.py): single (alone), replica (one of a group behind a router) or a node of a
+    #: multinode engine (role head or follower, its rank, the rendezvous on the head's private address)
+    deployment: str = "single"
+    group: str | None = None
+    role: str | None = None
+    node_rank: int | None = None
+    nnodes: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+    private_address: str | None = None
+    interface: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -470,6 +481,9 @@ def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any,
     fits = round_len(best.max_len_that_fits)
     target = ev.max_model_len or MIN_CONTEXT
     ways = []
+    n = nodes_needed(model, gpus, ev, best, target)
+    if n and (ev.pipeline_parallel_size or 1) == 1:
+        ways.append(f"fits across {n} such hosts: group them with deployment: multinode (pipeline parallel {n})")
     if fits >= MIN_CONTEXT:
         ways.append(f"max_model_len={fits} (the longest that fits here)")
     ways += _ways_out(model, gpus, ev, best, target, cc)
@@ -483,6 +497,20 @@ def _does_not_fit(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any,
         reason = (f"max_model_len {ev.max_model_len} does not fit: the KV cache holds at most {fits} tokens on "
                   f"{best.tensor_parallel_size} × {gpus[0].name}")
     return reason, tuple(ways)
+
+
+def nodes_needed(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any, target: int,
+                 most: int = 16) -> int | None:
+    """The fewest hosts like this one (2..most) across which ``model`` fits ``target`` tokens: tensor parallel
+    over each host's GPUs, pipeline parallel across the hosts (each stage holds 1/N of the layers)."""
+    tp = max((t for t in tp_candidates(model, len(gpus))), default=1)
+    mib = int(best.gpu_gib * 1024)
+    for n in range(2, min(most, model.layers_full + model.layers_sliding) + 1):
+        s = size(model, mib, gpus[0].name, tp, best.gpu_memory_utilization, best.max_num_seqs,
+                 best.max_num_batched_tokens, ev.kv_cache_dtype, ev.enforce_eager, n)
+        if s.max_len_that_fits >= target:
+            return n
+    return None
 
 
 def _ways_out(model: ModelSpec, gpus: list[GPU], ev: EngineVars, best: Any, target: int,

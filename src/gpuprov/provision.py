@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,10 @@ def plan_for(host: Host, facts: Facts) -> Plan:
         spec, err = resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None), None
     except ModelUnavailable as e:
         spec, err = None, str(e)
-    return make_plan(facts, host, spec, err, hf_token=hf_token_for(facts) is not None)
+    plan = make_plan(facts, host, spec, err, hf_token=hf_token_for(facts) is not None)
+    if host.var("deployment") == "replicas" and host.var("deployment_group"):
+        plan = replace(plan, deployment="replicas", group=str(host.var("deployment_group")))
+    return plan
 
 
 def hf_token_for(facts: Facts) -> Secret | None:
@@ -155,6 +158,13 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
              "gpu_fingerprint": None if facts.gpu_disagreement else facts.gpu_fingerprint,
              "venv": plan.venv, "serve_args": list(plan.serve_args), "service_manager": plan.service_manager,
              "engine_port": plan.engine_port, "engine_host": plan.engine_host, **lay.to_state()}
+    if plan.deployment != "single":  # status and control read how this host serves with the others
+        state.update(deployment=plan.deployment, group=plan.group)
+    if plan.deployment == "multinode":
+        state.update(role=plan.role, node_rank=plan.node_rank, nnodes=plan.nnodes, master_addr=plan.master_addr,
+                     master_port=plan.master_port, private_address=plan.private_address, interface=plan.interface,
+                     tensor_parallel_size=plan.tensor_parallel_size,
+                     pipeline_parallel_size=plan.pipeline_parallel_size)
     unit_text_hash = hashlib.sha256(json.dumps([plan.serve_args, plan.vllm_version, root]).encode()).hexdigest()[:12]
     return {
         "root": root, "bootstrap": lay.bootstrap, "uv": lay.uv, "venv": plan.venv,
@@ -173,6 +183,8 @@ def gp_vars(host: Host, facts: Facts, plan: Plan) -> dict[str, Any]:
         "weights_timeout": int(host.var("weights_timeout", 7200)),
         "min_free_gib": float(host.var("weights_min_free_gib", round((plan.model_gib or 0) * 1.05, 1))),
         "state_json": json.dumps(state, indent=1, sort_keys=True) + "\n",
+        # a multinode node is installed first and started with the others (gpuprov.multinode)
+        "group_start": plan.deployment == "multinode",
     }
 
 

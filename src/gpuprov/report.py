@@ -434,6 +434,56 @@ def status_human(outcomes) -> None:  # noqa: ANN001
             outcome_error(o)
 
 
+def deployment_json(d) -> None:  # noqa: ANN001
+    json_line(d.to_json())
+
+
+def deployment_human(d) -> None:  # noqa: ANN001
+    """One deployment: its state, then one row per node (multinode: role, rank, private address, versions) or
+    per replica (in the router's rotation, requests running / waiting / served, from the engine's /metrics)."""
+    style = {"ready": "green", "degraded": "yellow", "down": "red"}[d.state]
+    out.print(f"[bold]{esc(d.name)}[/] ({d.kind}): [{style}]{d.state}[/]")
+    t = Table(box=None, pad_edge=False)
+    cols = ("node", "role", "rank", "address", "service", "ready", "model", "vLLM", "GPUs", "uptime") \
+        if d.kind == "multinode" else ("replica", "service", "ready", "in rotation", "running", "waiting", "served",
+                                       "model", "vLLM", "uptime")
+    for col in cols:
+        t.add_column(col)
+    for n in d.nodes:
+        s = n.engine
+        if s is None:
+            t.add_row(esc(n.host), *(["-"] * (len(cols) - 2)), "(below)")
+            continue
+        svc = f"[{ {'active': 'green', 'failed': 'red'}.get(s.service, 'yellow') }]{esc(s.service)}[/]"
+        if d.kind == "multinode":
+            ready = ("yes" if s.ready else "no") if n.role == "head" else "-"
+            where = f"{n.address or '-'} ({n.interface})" if n.interface else (n.address or "-")
+            gpus = str(len(s.gpus)) if s.gpus else "-"
+            t.add_row(esc(n.host), esc(n.role or "-"), str(n.rank if n.rank is not None else "-"), esc(where), svc,
+                      ready, esc(s.model or "-"), esc(s.vllm_version or "-"), gpus, _uptime(s.uptime_s))
+        else:
+            load = s.load or {}
+            rot = "-" if n.in_rotation is None else ("yes" if n.in_rotation else "[red]no[/]")
+            t.add_row(esc(n.host), svc, "yes" if s.ready else "no", rot,
+                      *(str(load.get(k, "-")) for k in ("running", "waiting", "served")), esc(s.model or "-"),
+                      esc(s.vllm_version or "-"), _uptime(s.uptime_s))
+    out.print(t)
+    for n in d.nodes:
+        if n.error:
+            error(f"{n.host}: {n.error}")
+
+
+def control_groups_human(action: str, results) -> None:  # noqa: ANN001
+    for g in results:
+        for name, rd in g.nodes.items():
+            msg = f"{g.group}/{name}: {action.replace('stop', 'stopp')}ed with the deployment"
+            if rd is not None:
+                msg += "; ready" if rd.ready else f"; NOT ready: {rd.error}"
+            out.print(msg, markup=False)
+            if rd is not None and not rd.ready and rd.diagnosis:
+                out.print(f"  diagnosis: {rd.diagnosis}", markup=False)
+
+
 def control_human(action: str, outcomes) -> None:  # noqa: ANN001
     for o in outcomes:
         if not o.ok:

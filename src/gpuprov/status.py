@@ -33,6 +33,8 @@ class EngineStatus:
     root: str | None = None
     #: where the GPU memory and utilisation came from: nvml (pynvml on the host or in the engine venv) or nvidia-smi
     gpu_source: str | None = None
+    #: requests running / waiting now and served so far, from the engine's /metrics (None without one)
+    load: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,5 +59,5 @@ def read_status(runner: Any) -> tuple[EngineStatus, dict]:
         name, svc.get("state", "unknown"), raw.get("health") == 200, st.get("model"),
         raw.get("version") or st.get("vllm_version"), f"http://{host}:{st.get('engine_port', 8000)}/v1 (on the host)",
         svc.get("uptime_s"), int(svc.get("restarts") or 0), svc.get("pid"), st.get("service_manager"),
-        raw.get("gpus", []), raw.get("root"), raw.get("gpu_source"),
+        raw.get("gpus", []), raw.get("root"), raw.get("gpu_source"), raw.get("load"),
     ), raw

@@ -16,7 +16,7 @@ class Service(Op):
     also = ("systemd", "systemd_service")
     args = {"name": False, "state": False, "enabled": False, "manager": False, "daemon_reload": False,
             "command": False, "env_file": False, "log": False, "pidfile": False, "supervisor": False, "python": False,
-            "workdir": False}
+            "workdir": False, "restart": False}
     aliases = {"daemon-reload": "daemon_reload", "unit": "name", "service": "name"}
 
     def validate(self) -> None:
@@ -28,6 +28,8 @@ class Service(Op):
         self.a.setdefault("manager", "auto")
         if self.a["manager"] not in ("systemd", "supervisor", "auto"):
             raise UsageError(f"task {self.task!r}: manager must be systemd or supervisor")
+        if self.a.get("restart") not in (None, "on-failure", "no"):
+            raise UsageError(f"task {self.task!r}: restart must be on-failure or no (systemd's Restart=)")
         if self.a["manager"] == "supervisor":
             for k in ("command", "log", "pidfile", "supervisor"):
                 if not self.a.get(k):
@@ -89,6 +91,7 @@ class Service(Op):
         start = ctx.argv(["setsid", "-f", py, sup, "start", "--name", name, "--pidfile", str(self.a["pidfile"]),
                           "--log", str(self.a["log"]), *env_file,
                           *(["--workdir", str(self.a["workdir"])] if self.a.get("workdir") else []),
+                          *(["--restart", "no"] if self.a.get("restart") == "no" else []),
                           "--", *[str(x) for x in self.a["command"]]])
         stop = ctx.argv([py, sup, "stop", "--pidfile", str(self.a["pidfile"])])
         wait = ctx.argv([py, sup, "wait-started", "--pidfile", str(self.a["pidfile"])])

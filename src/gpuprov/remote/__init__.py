@@ -17,7 +17,7 @@ from typing import Any
 
 #: reads exactly N bytes of program from stdin, then runs it with the remaining arguments as sys.argv[1:]
 LOADER = "import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv.pop(1))),'gpuprov-remote','exec'))"
-PROGRAMS = ("probe", "gather", "supervise", "fetch_weights", "status", "poll", "session", "wait_for",
+PROGRAMS = ("probe", "gather", "supervise", "fetch_weights", "status", "poll", "session", "wait_for", "netcheck",
             "engine_health")
 
 

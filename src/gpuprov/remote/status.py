@@ -4,6 +4,30 @@ import json
 import subprocess
 import time
 
+def engine_load(port):
+    """Requests running and waiting now, and served so far (finished with stop or length), from the engine's
+    Prometheus /metrics (vLLM's V1 names; summed over its engines); None when it has no /metrics."""
+    status, body = local_http(port, "GET", "/metrics", timeout=3)
+    if status != 200:
+        return None
+    load = {"running": 0.0, "waiting": 0.0, "served": 0.0}
+    names = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+    for line in body.decode("utf-8", "replace").splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        try:
+            v = float(value.split()[0])
+        except (ValueError, IndexError):
+            continue
+        if name in names:
+            load[names[name]] += v
+        elif name == "vllm:request_success_total" and 'finished_reason="abort"' not in labels:
+            load["served"] += v
+    return {k: int(v) for k, v in load.items()}
+
+
 out = {"installed": False}
 for root in sys.argv[1:]:  # where to look: the host's install_root var first, then the defaults (gpuprov.layout)
     try:
@@ -51,6 +75,8 @@ if out["installed"]:
         out["version"] = json.loads(body).get("version") if status == 200 else None
     except (ValueError, AttributeError):
         out["version"] = None
+    if out["health"] == 200:
+        out["load"] = engine_load(port)
 
 
 def nvml_gpus(venv):

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # gpuprov supervisor, for hosts without systemd (RunPod pods and other containers). Standard library only.
-# It gives a command the meaning of a systemd unit with Restart=on-failure:
+# It gives a command the meaning of a systemd unit with Restart=on-failure (or Restart=no with --restart no: a
+# node of a multinode engine cannot rejoin alone, so its deployment restarts as a whole):
 #   start   run COMMAND, restart it when it exits non-zero (backoff 1 s → 30 s), append its output to --log,
 #           keep --pidfile (the supervisor) and --pidfile.state (child pid, restarts, last exit) current.
 #           Started with `setsid -f`, so it survives the SSH session that started it.
@@ -73,7 +74,9 @@ def cmd_start(a):
         state["child"] = None
         state["stopped"] = bool(stopping["flag"])
         write_atomic(a.pidfile + ".state", json.dumps(state))
-        if stopping["flag"] or code == 0:
+        if stopping["flag"] or code == 0 or a.restart == "no":
+            if code and not stopping["flag"]:
+                os.write(logfd, ("[gpuprov-supervise] exited with %s; not restarted (restart: no)\n" % code).encode())
             break
         if time.time() - t0 > 60:
             backoff = 1.0
@@ -137,6 +140,7 @@ def main():
     s.add_argument("--log", required=True)
     s.add_argument("--env-file")
     s.add_argument("--workdir")
+    s.add_argument("--restart", choices=("on-failure", "no"), default="on-failure")
     s.add_argument("command", nargs=argparse.REMAINDER)
     for name in ("stop", "wait-started"):
         x = sub.add_parser(name)

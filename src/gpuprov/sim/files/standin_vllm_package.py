@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +51,39 @@ class Engine:
         self.model = a.model_tag or a.model
         self.served = a.served_model_name or self.model
         self.api_key = (a.api_key or [None])[-1] or os.environ.get("VLLM_API_KEY")
+        self.lock = threading.Lock()
+        # what /metrics reports, under the real engine's names (tests/data/real-engine-cpu-metrics.txt)
+        self.running = 0
+        self.success = {"stop": 0, "length": 0, "abort": 0}
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        #: a multinode head whose follower went away: /health still answers (as the real head does for a while),
+        #: requests fail
+        self.broken = None
+
+    def metrics(self):
+        labels = 'engine="0",model_name="%s"' % self.served
+        out = []
+
+        def metric(name, kind, help_, samples):
+            out.append("# HELP %s %s" % (name, help_))
+            out.append("# TYPE %s %s" % (name, kind))
+            for extra, value in samples:
+                out.append("%s{%s} %.1f" % (name, labels + extra, value))
+
+        with self.lock:
+            metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
+                   [("", self.running)])
+            metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", [("", 0)])
+            metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
+                   [("", 0.0)])
+            metric("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+                   [("", self.prompt_tokens)])
+            metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
+                   [("", self.generation_tokens)])
+            metric("vllm:request_success_total", "counter", "Count of successfully processed requests.",
+                   [(',finished_reason="%s"' % r, n) for r, n in sorted(self.success.items())])
+        return ("\n".join(out) + "\n").encode()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -107,6 +141,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, b"", "text/plain")
         if self.path == "/version":
             return self.send(200, {"version": __version__})
+        if self.path == "/metrics":  # no API key, as in the real server
+            return self.send(200, self.eng.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if not self.authorized():
             return
         if self.path == "/v1/models":
@@ -127,6 +163,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(400, {"error": "invalid JSON"})
         if self.path != "/v1/chat/completions":
             return self.send(404, {"detail": "Not Found"})
+        if self.eng.broken:
+            return self.send(500, {"error": {"message": "EngineCore encountered an issue: " + self.eng.broken,
+                                             "type": "InternalServerError", "code": 500}})
+        with self.eng.lock:
+            self.eng.running += 1
+        try:
+            self.chat(req)
+        finally:
+            with self.eng.lock:
+                self.eng.running -= 1
+
+    def chat(self, req):
         if req.get("model") not in (self.eng.served, self.eng.model):
             return self.send(404, {"error": {"message": "The model `%s` does not exist." % req.get("model"),
                                              "type": "NotFoundError", "code": 404}})
@@ -143,6 +191,13 @@ class Handler(BaseHTTPRequestHandler):
                     "function": {"name": fn["name"], "arguments": json.dumps({"stand_in": True})}}
         usage = {"prompt_tokens": len(str(req.get("messages")).split()), "completion_tokens": len(words),
                  "total_tokens": len(str(req.get("messages")).split()) + len(words)}
+        delay = float(os.environ.get("GPUPROV_STANDIN_REQUEST_S", "0") or 0)
+        if delay:
+            time.sleep(delay)
+        with self.eng.lock:
+            self.eng.prompt_tokens += usage["prompt_tokens"]
+            self.eng.generation_tokens += usage["completion_tokens"]
+            self.eng.success["stop" if tool or len(words) >= 12 else "length"] += 1
         if req.get("stream"):
             return self.stream({"id": rid, "object": "chat.completion.chunk", "created": created,
                                 "model": self.eng.served}, words, tool)
@@ -153,6 +208,85 @@ class Handler(BaseHTTPRequestHandler):
                         "choices": [{"index": 0, "message": msg,
                                      "finish_reason": "tool_calls" if tool else "stop"}],
                         "usage": usage})
+
+
+class Multinode:
+    """vLLM's native multi-node start, stood in: followers (--headless) join the head's master port and log the
+    real engine's lines (the headless executor with the head's address; each rank's "rank r in world size W");
+    the head waits for every follower before it loads, and stops serving requests when one goes away."""
+
+    def __init__(self, a, eng):
+        self.a, self.eng = a, eng
+        self.nnodes = int(a.nnodes or 1)
+        self.rank = int(a.node_rank or 0)
+        self.addr = a.master_addr or "127.0.0.1"
+        self.port = int(a.master_port or 29501)
+        self.tp = int(a.tensor_parallel_size or 1)
+        self.world = self.tp * int(a.pipeline_parallel_size or 1)
+        self.per = self.world // self.nnodes
+
+    def ranks(self):
+        for r in range(self.rank * self.per, self.rank * self.per + self.per):
+            log("rank %d in world size %d is assigned as DP rank 0, PP rank %d, PCP rank 0, TP rank %d, EP rank N/A"
+                % (r, self.world, r // self.tp, r % self.tp), "Worker pid=%d" % os.getpid())
+
+    def follow(self):
+        log("Launching vLLM (v%s) headless multiproc executor, with head node address %s:%d for "
+            "torch.distributed process group." % (__version__, self.addr, self.port))
+        deadline = time.time() + float(os.environ.get("GPUPROV_STANDIN_JOIN_S", "600"))
+        while True:
+            try:
+                sock = socket.create_connection((self.addr, self.port), timeout=3)
+                break
+            except OSError as e:
+                if time.time() > deadline:
+                    sys.stderr.write("torch.distributed.DistStoreError: Timed out after %d seconds waiting for "
+                                     "clients. (%s:%d: %s)\n" % (600, self.addr, self.port, e))
+                    return 1
+                time.sleep(1)
+        sock.settimeout(None)
+        sock.sendall(b"%d\n" % self.rank)
+        self.ranks()
+        while sock.recv(1024):
+            pass
+        sys.stderr.write("RuntimeError: the head node %s:%d went away (connection closed)\n" % (self.addr, self.port))
+        return 1
+
+    def lead(self):
+        ip = os.environ.get("VLLM_HOST_IP") or "0.0.0.0"
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", self.port))
+        srv.listen(16)
+        log("DP group leader: node_rank=0, node_rank_within_dp=0, master_addr=%s, mq_connect_ip=%s (local), "
+            "world_size=%d, local_world_size=%d" % (self.addr, ip, self.world, self.per))
+        self.ranks()
+        peers = []
+        srv.settimeout(float(os.environ.get("GPUPROV_STANDIN_JOIN_S", "600")))
+        while len(peers) < self.nnodes - 1:
+            try:
+                c, where = srv.accept()
+            except socket.timeout:
+                sys.stderr.write("torch.distributed.DistStoreError: Timed out waiting for %d of %d nodes\n"
+                                 % (self.nnodes - 1 - len(peers), self.nnodes - 1))
+                return False
+            rank = c.recv(64).decode().strip()
+            peers.append((rank, c))
+            log("node rank %s joined from %s" % (rank, where[0]))
+        for rank, c in peers:
+            threading.Thread(target=self.watch, args=(rank, c), daemon=True).start()
+        return True
+
+    def watch(self, rank, c):
+        c.settimeout(None)
+        try:
+            while c.recv(1024):
+                pass
+        except OSError:
+            pass
+        self.eng.broken = "node rank %s went away" % rank
+        sys.stderr.write("ERROR EngineCore: RuntimeError: node rank %s closed its connection\n" % rank)
+        sys.stderr.flush()
 
 
 def make_handler(eng):
@@ -168,6 +302,16 @@ def parse(argv):
     return a
 
 
+def log_graphs_and_routes(step, host, port):
+    log("Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|##########| 67/67", "EngineCore")
+    log("Graph capturing finished in %.0f secs, took 0.49 GiB" % (step * 2), "EngineCore")
+    log("init engine (profile, create kv cache, warmup model) took %.2f s" % (step * 4), "EngineCore")
+    log("Starting vLLM server on http://%s:%d" % (host, port))
+    log("Available routes are:")
+    for r in ("/health", "/version", "/metrics", "/v1/models", "/v1/chat/completions"):
+        log("Route: %s, Methods: %s" % (r, "POST" if "completions" in r else "GET"))
+
+
 def serve(argv):
     a = parse(argv)
     eng = Engine(a)
@@ -177,6 +321,9 @@ def serve(argv):
     delay = float(os.environ.get("GPUPROV_STANDIN_DELAY", "2"))
     step = delay / 8
     log("vLLM server version %s, serving model %s" % (__version__, eng.model))
+    multi = Multinode(a, eng) if int(getattr(a, "nnodes", None) or 1) > 1 else None
+    if multi and getattr(a, "headless", False):  # a follower serves no API: it runs its ranks for the head
+        return multi.follow()
     nd = {k: v for k, v in vars(a).items() if v not in (None, False) and k != "api_key"}
     log("non-default args: %s" % nd)
     host = a.host or "0.0.0.0"
@@ -194,6 +341,9 @@ def serve(argv):
     log("Using max model len %d" % max_len)
     log("Initializing a V1 LLM engine (v%s) with config: model=%r" % (__version__, eng.model),
         "EngineCore pid=%d" % os.getpid())
+    if multi and not multi.lead():
+        sys.stderr.write("EngineCore failed to start.\n")
+        return 1
     log("Starting to load model %s..." % eng.model, "EngineCore")
     files = weights(eng.model)
     size = sum(os.path.getsize(f) for f in files)
@@ -227,13 +377,7 @@ def serve(argv):
     log("GPU KV cache size: {:,} tokens, Maximum concurrency for {:,} tokens per request: {:.2f}x".format(
         kv_tokens, max_len, kv_tokens / max_len), "EngineCore")
     time.sleep(step * 2)
-    log("Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%|##########| 67/67", "EngineCore")
-    log("Graph capturing finished in %.0f secs, took 0.49 GiB" % (step * 2), "EngineCore")
-    log("init engine (profile, create kv cache, warmup model) took %.2f s" % (step * 4), "EngineCore")
-    log("Starting vLLM server on http://%s:%d" % (host, port))
-    log("Available routes are:")
-    for r in ("/health", "/version", "/v1/models", "/v1/chat/completions"):
-        log("Route: %s, Methods: %s" % (r, "POST" if "completions" in r else "GET"))
+    log_graphs_and_routes(step, host, port)
     srv = ThreadingHTTPServer((host, port), make_handler(eng), bind_and_activate=False)
     srv.socket.close()
     srv.socket = sock

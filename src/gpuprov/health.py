@@ -59,6 +59,12 @@ DIAGNOSES = [
     (re.compile(r"(lib[\w+-]+\.so[.\d]*): cannot open shared object file"),
      lambda m: f"the engine needs the system library {m.group(1)}, which this host lacks: "
                f"{LIBRARY_FIX.get(m.group(1), 'install the package that provides it')}, then provision again"),
+    (re.compile(r"failed to listen on any local network address\. port: (\d+)"),
+     lambda m: f"the multinode master port {m.group(1)} is taken on the head by another process: free it or set "
+               "master_port"),
+    (re.compile(r"Timed out after \d+ seconds waiting for clients|DistStoreError"),
+     lambda m: "a node could not join the head's master port in time: check that the nodes reach each other "
+               "(`invoke provision` checks it first) and that every node started"),
     (re.compile(r"error while attempting to bind on address|Address already in use"),
      lambda m: "the engine's port is taken by another process: free it or set engine_port"),
     (re.compile(r"(?:401|403).*(?:gated|restricted)|Cannot access gated repo"),

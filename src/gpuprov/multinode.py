@@ -107,9 +107,21 @@ def preflight(dep: Deployment, runners: Mapping[str, Any], gplan: GroupPlan, fac
     ways: every follower reaches the head's master port, and the head reaches a port on every follower (vLLM's
     gloo/NCCL and message queues use random ports in both directions). Raises Refused with the reason."""
     port, token = gplan.master_port, secrets.token_hex(8)
+    first = _parallel(dep.hosts, lambda h: _netcheck(
+        runners[h.name], ["addrs"], ["listen", port if h.name == dep.head else 0, LISTEN_S, token,
+                                     len(dep.followers) if h.name == dep.head else 1]))
+    try:
+        return _preflight(dep, runners, gplan, facts, first, port, token)
+    finally:  # the listeners end by themselves; end them now, so the engine finds the master port free
+        for h in dep.hosts:
+            pid = first[h.name][1].get("pid")
+            if pid:
+                _netcheck(runners[h.name], ["stop", pid])
+
+
+def _preflight(dep: Deployment, runners: Mapping[str, Any], gplan: GroupPlan, facts: Mapping[str, Facts],
+               first: dict, port: int, token: str) -> tuple[str, dict[str, tuple[str, str]]]:
     head = dep.host(dep.head)
-    first = _parallel(dep.hosts, lambda h: _netcheck(runners[h.name], ["addrs"],
-                                                     ["listen", port if h.name == dep.head else 0, LISTEN_S, token]))
     head_addrs = [a for a in first[dep.head][0] if not a["addr"].startswith("127.")]
     listened = first[dep.head][1]
     head_token = token

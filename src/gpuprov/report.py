@@ -352,7 +352,10 @@ def provision_human(results, verbose: bool = False) -> None:  # noqa: ANN001
         rd = r.readiness
         if rd is None:
             continue
-        if rd.ready:
+        if rd.ready and r.plan is not None and r.plan.role == "follower":
+            out.print(f"[green]{esc(r.host)}: joined[/] {esc(r.plan.group)} as node rank {r.plan.node_rank} of "
+                      f"{r.plan.nnodes} (headless; its log shows its ranks and the head's address)")
+        elif rd.ready:
             c = rd.completion or {}
             out.print(f"[green]{esc(r.host)}: verified[/] — a 1-token chat completion answered in {c.get('ms')} ms "
                       f"(model {esc(c.get('model'))}); "

@@ -28,6 +28,8 @@ PIN = f"vllm-router=={VERSION}"
 #: the distribution's own words (another project's router has the same name but is not this one)
 SUMMARY_WORDS = ("Rust", "load balancer")
 HEALTH_INTERVAL_S = 5
+#: the router renames its process (setproctitle)
+PROCESS_TITLE = b"vllm::router"
 INSTALL_TIMEOUT_S = 600
 
 
@@ -167,7 +169,7 @@ def rotation(group: str) -> dict[str, bool] | None:
     try:
         st = json.loads(f.read_text())
         pid = int(st["pid"])
-        if b"vllm-router" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(PROCESS_TITLE):
             return None
     except (OSError, ValueError, KeyError):
         return None

@@ -2,8 +2,9 @@
 #   addrs                      the node's IPv4 addresses by interface (`ip` when there is one, else ioctl)
 #   route PEER                 the interface and source address this node uses toward PEER (`ip route get`, else
 #                              a UDP connect, which sends nothing)
-#   listen PORT SECONDS TOKEN  a throwaway listener (detached; it answers TOKEN to each connection and exits at
-#                              its deadline): {"port": bound port} or {"error": "in use"}
+#   listen PORT SECONDS TOKEN N  a throwaway listener (detached; it answers TOKEN to each connection and exits
+#                              after N of them, or at its deadline): {"port": bound port, "pid"} or {"error": "in use"}
+#   stop PID                   end such a listener early (only if PID is one)
 #   connect ADDR PORT TOKEN S  {"ok": true} or {"error": "timed out" | "refused" | "no route" | "bad answer"}
 # Argument: a JSON list of [action, args...]; prints a JSON list of answers, in order.
 import errno
@@ -57,7 +58,7 @@ def route(peer):
     return {"iface": iface, "addr": src, "via": None}
 
 
-def listen(port, seconds, token):
+def listen(port, seconds, token, expect=1):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -66,9 +67,10 @@ def listen(port, seconds, token):
         return {"error": "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))}
     s.listen(16)
     bound = s.getsockname()[1]
-    if os.fork():
+    pid = os.fork()
+    if pid:
         s.close()
-        return {"port": bound}
+        return {"port": bound, "pid": pid}
     # the listener: detached from the SSH session, gone at its deadline
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -86,9 +88,23 @@ def listen(port, seconds, token):
             continue
         try:
             c.sendall(token.encode())
+            expect -= 1
         except OSError:
             pass
         c.close()
+        if expect <= 0:
+            os._exit(0)
+
+
+def stop(pid):
+    try:
+        with open("/proc/%d/cmdline" % int(pid), "rb") as f:
+            if b"gpuprov-remote" not in f.read():
+                return {"error": "not a listener"}
+        os.kill(int(pid), 15)
+    except (OSError, ValueError):
+        return {"ok": True, "gone": True}
+    return {"ok": True}
 
 
 def connect(addr, port, token, timeout):
@@ -122,5 +138,5 @@ def connect(addr, port, token, timeout):
         c.close()
 
 
-ACTIONS = {"addrs": addrs, "route": route, "listen": listen, "connect": connect}
+ACTIONS = {"addrs": addrs, "route": route, "listen": listen, "connect": connect, "stop": stop}
 print(json.dumps([ACTIONS[a[0]](*a[1:]) for a in json.loads(sys.argv[1])]))

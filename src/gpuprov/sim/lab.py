@@ -431,6 +431,8 @@ class Lab:
         mounts += [
             ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"],
             ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/var/tmp"],
+            # its own /dev/shm, as a machine has (vLLM's shared-memory queues and leftovers stay per host)
+            ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/dev/shm"],
             ["/usr/sbin/sshd", "-t", "-f", f"{inside}/sshd_config"],
         ]
         script = "set -e\n" + "".join(" ".join(_q(a) for a in m) + "\n" for m in mounts)
@@ -638,6 +640,16 @@ class Lab:
                 f.write_text(text())
             elif f.exists():
                 f.unlink()
+
+    def drop(self, name: str, address: str, port: int) -> None:
+        """A firewall rule inside sim host ``name``: its TCP packets to ``address``:``port`` are dropped (nftables,
+        in the host's own network namespace; gone with the host)."""
+        h = self.hosts()[name]
+        for rule in (["add", "table", "inet", "gpsim"],
+                     ["add", "chain", "inet", "gpsim", "out", "{ type filter hook output priority 0 ; }"],
+                     ["add", "rule", "inet", "gpsim", "out", "ip", "daddr", address, "tcp", "dport", str(port),
+                      "drop"]):
+            _run(["ip", "netns", "exec", h.netns, "nft", *rule])
 
     def host_public_key(self, name: str) -> str:
         h = self.hosts()[name]

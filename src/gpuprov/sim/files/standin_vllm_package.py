@@ -256,7 +256,13 @@ class Multinode:
         ip = os.environ.get("VLLM_HOST_IP") or "0.0.0.0"
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("0.0.0.0", self.port))
+        try:
+            srv.bind(("0.0.0.0", self.port))
+        except OSError as e:
+            sys.stderr.write("torch.distributed.DistNetworkError: The server socket has failed to listen on any local "
+                             "network address. port: %d, useIpv6: false, code: -%d, name: EADDRINUSE, message: %s\n"
+                             % (self.port, e.errno, e.strerror))
+            return False
         srv.listen(16)
         log("DP group leader: node_rank=0, node_rank_within_dp=0, master_addr=%s, mq_connect_ip=%s (local), "
             "world_size=%d, local_world_size=%d" % (self.addr, ip, self.world, self.per))

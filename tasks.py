@@ -138,10 +138,17 @@ def plan(c, host=None, model=None, max_model_len=None, inventory=None, json=Fals
         extra.append(f"max_model_len={max_model_len}")
     if not host and not facts:
         raise UsageError("give --host, or --facts FILE to plan offline")
-    outcomes = api.plan_offline(facts, host, inventory, extra) if facts else \
-        api.plan(api.select_hosts(host, inventory, extra))
+    if facts:
+        outcomes, group_plans = api.plan_offline(facts, host, inventory, extra), []
+    else:
+        singles, groups = api.select_targets(host, inventory, extra, whole=False)
+        singles += [h for g in groups if g.kind != "multinode" for h in g.hosts]
+        outcomes = api.plan(singles) if singles else []
+        group_plans = api.plan_deployments([g for g in groups if g.kind == "multinode"])
     (report.plan_json if json else report.plan_human)(outcomes)
-    _finish(outcomes)
+    for gp in group_plans:
+        (report.group_plan_json if json else report.group_plan_human)(gp)
+    _finish(outcomes + group_plans)
 
 
 @task(

@@ -96,6 +96,24 @@ def plan(hosts: Iterable[Host], strict: bool = False) -> list[HostOutcome[Plan]]
     return for_each_host(hosts, lambda h: plan_for(h, probe_host(h, strict)))
 
 
+def plan_deployments(deployments: Sequence[Any], strict: bool = False) -> list[Any]:
+    """Probe every node of each multinode deployment and plan it as one engine (no change on any host)."""
+    from .deployment import plan_multinode
+    from .plan import with_pod_env
+    from .provision import hf_token_for, resolve_spec
+
+    out = []
+    for d in deployments:
+        facts: dict[str, Facts] = {}
+        for o in probe(d.hosts, strict):
+            if o.value is None:
+                raise o.error or UsageError(f"{o.host.name}: the probe gave nothing")
+            facts[o.host.name] = o.value
+        spec, err = resolve_spec(with_pod_env(d.host(d.head), facts[d.head]))
+        out.append(plan_multinode(d, facts, spec, err, hf_token=hf_token_for(facts[d.head]) is not None))
+    return out
+
+
 def _offline_hosts(facts_file: str, pattern: str | None, inventory: str | Path | None,
                    extra_vars: Sequence[str]) -> tuple[list[Host], dict[str, Facts]]:
     """The hosts ``--facts FILE`` stands for: every host in the file (with default vars), or, with ``--host``, the
@@ -169,6 +187,13 @@ def provision_targets(singles: Sequence[Host], deployments: Sequence[Any], **kw:
         if d.kind == "replicas":
             check_replicas(d)
             hosts += [h.with_vars({"deployment_group": d.name}, f"deployment {d.name}") for h in d.hosts]
+    from .plan import engine_vars
+    from .provision import local_model_refusal
+
+    for h in (h for d in deployments if d.kind == "multinode" for h in d.hosts):
+        refusal = local_model_refusal(engine_vars(h).model)  # absurd values fail before any connection
+        if refusal:
+            raise UsageError(f"{h.name}: {refusal}")
     out = provision(hosts, **kw) if hosts else []
     for d in (d for d in deployments if d.kind == "multinode"):
         g = multinode.run(d, **kw)

@@ -114,6 +114,8 @@ def split(inv: Inventory, hosts: Sequence[Host], whole: bool = True,
         if kind == "multinode" and len(members) < 2:
             raise UsageError(f"multinode deployment {group} has one host ({members[0]}): a single host needs no "
                              "deployment: multinode")
+        if kind == "multinode":
+            master_port(next(n for n in nodes if n.name == head))  # a bad port: refused before connecting
         found[group] = Deployment(group, kind, nodes, head)
     return singles, list(found.values())
 

@@ -32,17 +32,24 @@ from .deployment import (
     markers,
     plan_multinode,
 )
-from .errors import ModelUnavailable, RemoteError, UsageError
+from .errors import RemoteError, UsageError
 from .executor import HostRecap, apply_one, service_op
 from .facts import Facts
 from .fleet import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, for_each_host
 from .hostlock import HostSession
-from .hub import resolve_model
 from .inventory import Host
 from .layout import HostLayout
-from .plan import Plan, engine_vars, with_pod_env
+from .plan import Plan, with_pod_env
 from .probe import run_probe
-from .provision import ProvisionResult, _run_locked, disk_refusal, gated_refusal, gp_vars, hf_token_for
+from .provision import (
+    ProvisionResult,
+    _run_locked,
+    disk_refusal,
+    gated_refusal,
+    gp_vars,
+    hf_token_for,
+    resolve_spec,
+)
 from .status import read_status
 
 CONNECT_TIMEOUT_S = 3
@@ -241,11 +248,7 @@ def provision_deployment(dep: Deployment, *, check: bool = False, diff: bool = F
         sessions = {n: stack.enter_context(HostSession(r)) for n, r in runners.items()}
         facts = _parallel(dep.hosts, lambda h: run_probe(sessions[h.name], check_sftp=False, quick=True))
         head = with_pod_env(dep.host(dep.head), facts[dep.head])
-        ev = engine_vars(head)
-        try:
-            spec, err = resolve_model(ev.model, endpoint=str(head.var("hf_endpoint") or "") or None), None
-        except ModelUnavailable as e:
-            spec, err = None, str(e)
+        spec, err = resolve_spec(head)
         gplan = plan_multinode(dep, facts, spec, err, hf_token=hf_token_for(facts[dep.head]) is not None)
         out.plan = gplan
         if not gplan.ok:

@@ -90,15 +90,20 @@ def plan_for(host: Host, facts: Facts) -> Plan:
     """The plan step: the pod's own knobs as defaults, vars validated, the model resolved (catalog, folder, hub),
     the planner."""
     host = with_pod_env(host, facts)
-    ev = engine_vars(host)  # validates vars before any network use
-    try:
-        spec, err = resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None), None
-    except ModelUnavailable as e:
-        spec, err = None, str(e)
+    spec, err = resolve_spec(host)
     plan = make_plan(facts, host, spec, err, hf_token=hf_token_for(facts) is not None)
     if host.var("deployment") == "replicas" and host.var("deployment_group"):
         plan = replace(plan, deployment="replicas", group=str(host.var("deployment_group")))
     return plan
+
+
+def resolve_spec(host: Host) -> tuple[Any, str | None]:
+    """The host's model (catalog, folder, hub), or None and why it cannot be read; vars validated first."""
+    ev = engine_vars(host)  # validates vars before any network use
+    try:
+        return resolve_model(ev.model, endpoint=str(host.var("hf_endpoint") or "") or None), None
+    except ModelUnavailable as e:
+        return None, str(e)
 
 
 def hf_token_for(facts: Facts) -> Secret | None:

@@ -251,46 +251,71 @@ def plan_json(outcomes: Sequence[HostOutcome[Plan]]) -> None:
             outcome_error(o)
 
 
+def group_plan_json(gp) -> None:  # noqa: ANN001
+    json_line(gp.to_json())
+
+
+def group_plan_human(gp) -> None:  # noqa: ANN001
+    """A multinode deployment's plan: the deployment's reasons, then each node's plan (its rank's flags)."""
+    if not gp.ok:
+        out.print(f"[bold]{esc(gp.group)}[/] (multinode): [bold red]REFUSED[/] {esc(gp.model)}")
+        out.print(f"  why: {gp.reason}", markup=False)
+        for w in gp.ways_out:
+            out.print(f"  would work: {w}", markup=False)
+        for w in gp.why:
+            out.print(f"  · {esc(w)}")
+        return
+    out.print(f"[bold]{esc(gp.group)}[/] (multinode): [green]OK[/] {esc(gp.model)} on {len(gp.nodes)} nodes, head "
+              f"{esc(gp.head)}, tensor parallel {gp.tensor_parallel_size} × pipeline parallel "
+              f"{gp.pipeline_parallel_size}, master port {gp.master_port} (the address comes from the preflight "
+              "at provision)")
+    for p in gp.nodes.values():
+        plan_one(p)
+
+
 def plan_human(outcomes: Sequence[HostOutcome[Plan]]) -> None:
+    for o in outcomes:
+        if o.value is None:
+            outcome_error(o)
+        else:
+            plan_one(o.value)
+
+
+def plan_one(p: Plan) -> None:
     import shlex
 
-    for o in outcomes:
-        p = o.value
-        if p is None:
-            outcome_error(o)
-            continue
-        if not p.ok:
-            out.print(f"[bold]{esc(p.host)}[/]: [bold red]REFUSED[/] {esc(p.model)}")
-            out.print(f"  why: {p.reason}", markup=False)
-            for w in p.ways_out:
-                out.print(f"  would work: {w}", markup=False)
-            for w in p.why:
-                out.print(f"  · {esc(w)}")
-            continue
-        out.print(f"[bold]{esc(p.host)}[/]: [green]OK[/] {esc(p.model)}")
-        compat = " + CUDA forward compatibility" if p.cuda_compat else ""
-        extra = f" from {p.extra_index_url}" if p.extra_index_url else " from the default index"
-        rows = [
-            ("vLLM", f"{p.vllm_version} ({p.cuda_variant}{compat}){extra}; "
-                     f"torch {p.torch_version} ({p.torch_backend})"),
-            ("Python", f"{p.python}{' (uv-managed)' if p.python_managed else ''} in {p.venv}"),
-            ("Sizing", f"tensor_parallel_size {p.tensor_parallel_size}"
-                       + (f" × pipeline {p.pipeline_parallel_size}" if (p.pipeline_parallel_size or 1) > 1 else "")
-                       + (f" × {p.data_parallel_size} replicas" if (p.data_parallel_size or 1) > 1 else "")
-                       + f", max_model_len {p.max_model_len}, gpu_memory_utilization {p.gpu_memory_utilization}, "
-                       f"max_num_seqs {p.max_num_seqs}, max_num_batched_tokens {p.max_num_batched_tokens}"),
-            ("Memory", f"per GPU {p.memory.get('gpu_gib')} GiB: weights {p.memory.get('weights_gib')} + overhead "
-                       f"{p.memory.get('overhead_gib')} + KV {p.memory.get('kv_available_gib')} GiB "
-                       f"({p.memory.get('kv_bytes_per_token')} B/token)"),
-            ("Service", f"{p.service_manager}; endpoint http://{p.engine_host}:{p.engine_port}/v1"),
-            ("Command", "vllm serve " + shlex.join(p.serve_args)),
-        ]
-        for k, v in rows:
-            out.print(f"  {k:<8} {v}", markup=False)
+    if not p.ok:
+        out.print(f"[bold]{esc(p.host)}[/]: [bold red]REFUSED[/] {esc(p.model)}")
+        out.print(f"  why: {p.reason}", markup=False)
+        for w in p.ways_out:
+            out.print(f"  would work: {w}", markup=False)
         for w in p.why:
             out.print(f"  · {esc(w)}")
-        for w in p.warnings:
-            out.print(f"  [yellow]! {esc(w)}[/]")
+        return
+    out.print(f"[bold]{esc(p.host)}[/]: [green]OK[/] {esc(p.model)}")
+    compat = " + CUDA forward compatibility" if p.cuda_compat else ""
+    extra = f" from {p.extra_index_url}" if p.extra_index_url else " from the default index"
+    rows = [
+        ("vLLM", f"{p.vllm_version} ({p.cuda_variant}{compat}){extra}; "
+                 f"torch {p.torch_version} ({p.torch_backend})"),
+        ("Python", f"{p.python}{' (uv-managed)' if p.python_managed else ''} in {p.venv}"),
+        ("Sizing", f"tensor_parallel_size {p.tensor_parallel_size}"
+                   + (f" × pipeline {p.pipeline_parallel_size}" if (p.pipeline_parallel_size or 1) > 1 else "")
+                   + (f" × {p.data_parallel_size} replicas" if (p.data_parallel_size or 1) > 1 else "")
+                   + f", max_model_len {p.max_model_len}, gpu_memory_utilization {p.gpu_memory_utilization}, "
+                   f"max_num_seqs {p.max_num_seqs}, max_num_batched_tokens {p.max_num_batched_tokens}"),
+        ("Memory", f"per GPU {p.memory.get('gpu_gib')} GiB: weights {p.memory.get('weights_gib')} + overhead "
+                   f"{p.memory.get('overhead_gib')} + KV {p.memory.get('kv_available_gib')} GiB "
+                   f"({p.memory.get('kv_bytes_per_token')} B/token)"),
+        ("Service", f"{p.service_manager}; endpoint http://{p.engine_host}:{p.engine_port}/v1"),
+        ("Command", "vllm serve " + shlex.join(p.serve_args)),
+    ]
+    for k, v in rows:
+        out.print(f"  {k:<8} {v}", markup=False)
+    for w in p.why:
+        out.print(f"  · {esc(w)}")
+    for w in p.warnings:
+        out.print(f"  [yellow]! {esc(w)}[/]")
 
 
 # --------------------------------------------------------------------------- playbook runs

@@ -4,9 +4,11 @@ import json
 import subprocess
 import time
 
+
 def engine_load(port):
     """Requests running and waiting now, and served so far (finished with stop or length), from the engine's
-    Prometheus /metrics (vLLM's V1 names; summed over its engines); None when it has no /metrics."""
+    Prometheus /metrics (vLLM's V1 names; summed over its engines; served: every finished reason but abort and
+    error); None when it has no /metrics."""
     status, body = local_http(port, "GET", "/metrics", timeout=3)
     if status != 200:
         return None
@@ -23,7 +25,8 @@ def engine_load(port):
             continue
         if name in names:
             load[names[name]] += v
-        elif name == "vllm:request_success_total" and 'finished_reason="abort"' not in labels:
+        elif name == "vllm:request_success_total" and not any(
+                'finished_reason="%s"' % r in labels for r in ("abort", "error")):
             load["served"] += v
     return {k: int(v) for k, v in load.items()}
 

@@ -5,12 +5,18 @@ package index, so the real install path (uv, venv, exact pins) runs. ``vllm serv
 real argparse parser does (unknown flags rejected: ``vllm serve: error: unrecognized arguments``), prints the
 real startup log lines in order with a configurable delay, refuses connections until ready (the real server
 calls listen() only after start-up), then serves /health, /version, /v1/models and /v1/chat/completions
-(streaming and tool calls). ``vllm download-kernels`` exists from 0.32.0 on, as in the real package.
+(streaming and tool calls) and /metrics (the real engine's Prometheus names: requests running, waiting and
+served). ``vllm download-kernels`` exists from 0.32.0 on, as in the real package. With ``--nnodes N``, the
+multi-node start stood in: a ``--headless`` follower logs the real headless-executor line, joins the head's master
+port and logs its ranks; the head logs the real "DP group leader" line, waits for every follower before it loads,
+and answers 500 to requests once a follower goes away (its /health stays 200 for a while, like the real head's).
 
 Behaviour knobs, read from the environment (the lab puts them in the engine's env file):
   GPUPROV_STANDIN_DELAY   seconds of simulated start-up (default 2)
   GPUPROV_STANDIN_KV_TOKENS  KV cache capacity in tokens; a larger --max-model-len fails like the real engine
   GPUPROV_STANDIN_FAIL    "oom" → dies with the CUDA out-of-memory error
+  GPUPROV_STANDIN_REQUEST_S  seconds each chat completion takes (default 0)
+  GPUPROV_STANDIN_JOIN_S  how long a multinode head waits for its followers, and a follower for the head (600)
 """
 
 FLAGS_PLACEHOLDER = "__FLAGS__"

@@ -54,7 +54,7 @@ class Engine:
         self.lock = threading.Lock()
         # what /metrics reports, under the real engine's names (tests/data/real-engine-cpu-metrics.txt)
         self.running = 0
-        self.success = {"stop": 0, "length": 0, "abort": 0}
+        self.success = {"stop": 0, "length": 0, "abort": 0, "error": 0, "repetition": 0}
         self.prompt_tokens = 0
         self.generation_tokens = 0
         #: a multinode head whose follower went away: /health still answers (as the real head does for a while),

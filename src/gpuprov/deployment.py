@@ -285,6 +285,13 @@ def plan_multinode(dep: Deployment, facts: Mapping[str, Facts], spec: ModelSpec 
 
 
 def _check_vars(dep: Deployment, evs: Mapping[str, Any]) -> None:
+    dcs = {h.name: h.var("runpod_datacenter") for h in dep.hosts}
+    if all(dcs.values()) and len(set(dcs.values())) > 1:
+        shown = ", ".join(f"{n} in {dc}" for n, dc in dcs.items())
+        raise _Refused(f"RunPod pods in different data centres cannot reach each other over a private network "
+                       f"({shown}): a multinode engine needs its nodes in one", (
+                           "deployment: replicas (each pod serves on its own, vllm-router in front)",
+                           "pods in one data centre (name_filter or group_by: [datacenter] in the runpod source)"))
     hev = evs[dep.head]
     for name, ev in evs.items():
         for var in SAME_ON_EVERY_NODE:

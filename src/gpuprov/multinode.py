@@ -468,6 +468,10 @@ def control(dep: Deployment, action: str, timeout: float = 1800) -> Mapping[str,
         if action == "stop":
             _parallel(dep.hosts, lambda h: _service(_by(nodes, h.name), "stopped"))
             return {h.name: None for h in dep.hosts}
+        if action == "start":  # already serving: nothing to start
+            ready = _already_ready(nodes)
+            if ready is not None:
+                return ready
         return start_together(nodes, timeout, restart=True)
 
 

@@ -65,15 +65,19 @@ def ensure(note: Any = None) -> Path:
         note(f"installing {PIN} into {d} (once)")
     shutil.rmtree(d, ignore_errors=True)
     d.parent.mkdir(parents=True, exist_ok=True)
+    from uv import find_uv_bin
+
+    uv = find_uv_bin()
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, capture_output=True, timeout=120)
-        p = subprocess.run([str(d / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                            "--only-binary=:all:", PIN], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(d)], check=True, capture_output=True,
+                       timeout=120)
+        p = subprocess.run([uv, "pip", "install", "-q", "--python", str(d / "bin" / "python"), "--only-binary",
+                            ":all:", PIN], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         raise UsageError(f"could not create the router's venv {d}: {e}") from None
     if p.returncode:
         last = (p.stderr or p.stdout).strip().splitlines()
-        raise UsageError(f"could not install {PIN}: {last[-1] if last else 'pip failed'}")
+        raise UsageError(f"could not install {PIN}: {last[-1] if last else 'uv failed'}")
     meta = subprocess.run([str(d / "bin" / "python"), "-c", "import importlib.metadata as m, json; d = "
                            "m.metadata('vllm-router'); print(json.dumps({'name': d['Name'], 'version': d['Version'], "
                            "'summary': d['Summary']}))"], capture_output=True, text=True, timeout=60)

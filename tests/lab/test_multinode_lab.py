@@ -2,7 +2,7 @@
 multi-node flags, the stand-in's followers joining the head's master port over the lab bridge), its preflight
 refusals (a firewall rule inside a sim host, different GPUs, a model too big across the nodes), and replicas behind
 the real vllm-router (installed from the package registry into gpuprov's router venv) with the real OpenAI client.
-The real engine across two hosts is tests/lab/test_multinode_real.py."""
+The real engine across two hosts is in tests/lab/test_real_engine.py."""
 
 from __future__ import annotations
 
@@ -150,16 +150,16 @@ def test_a_dead_follower_degrades_the_deployment_and_provision_restarts_it_whole
 def test_multinode_refusals_before_anything_is_installed(big):
     sim, _ = big
     sim.up("mn2", gpu=A5000)
-    sim.up("mn3", gpu="rtx-3060_driver-570.124.04")
+    sim.up("mn3", gpu=A5000)
+    sim.up("mn4", gpu="rtx-3060_driver-570.124.04")
+    inv = Path(os.environ["GPUPROV_INVENTORY"])
     try:
-        f = write_group("odd", "multinode", ["mn2", "mn3"])
+        write_group("odd", "multinode", ["mn2", "mn4"])
         p = sim.cli("provision", "--host", "odd")
         assert p.returncode == 2, p.stdout + p.stderr
         assert "multinode needs the same GPU model and count on every node" in p.stdout
-        assert "mn2 has 2 × NVIDIA RTX A5000" in p.stdout and "mn3 has 1 × NVIDIA GeForce RTX 3060" in p.stdout
-        f.unlink()
-        sim.down("mn3")
-        sim.up("mn3", gpu=A5000)
+        assert "mn2 has 2 × NVIDIA RTX A5000" in p.stdout and "mn4 has 1 × NVIDIA GeForce RTX 3060" in p.stdout
+        (inv / "odd.yml").unlink()
         write_group("odd", "multinode", ["mn2", "mn3"], model="meta-llama/Llama-3.3-70B-Instruct")
         p = sim.cli("provision", "--host", "odd", "-e", "max_model_len=131072")
         assert p.returncode == 2, p.stdout + p.stderr
@@ -171,11 +171,11 @@ def test_multinode_refusals_before_anything_is_installed(big):
         assert p.returncode == 2, p.stdout + p.stderr
         assert "mn3 cannot reach the head mn2 on its master port" in p.stdout and "timed out after 3 s" in p.stdout
         assert "deployment: replicas" in p.stdout
-        for n in ("mn2", "mn3"):  # nothing was installed
+        for n in ("mn2", "mn3", "mn4"):  # nothing was installed
             assert remote(n, "sh", "-c", "ls /opt/gpuprov 2>/dev/null | wc -l").strip() == "0"
     finally:
-        (Path(os.environ["GPUPROV_INVENTORY"]) / "odd.yml").unlink(missing_ok=True)
-        for n in ("mn2", "mn3"):
+        (inv / "odd.yml").unlink(missing_ok=True)
+        for n in ("mn2", "mn3", "mn4"):
             if n in sim.names:
                 sim.down(n)
 

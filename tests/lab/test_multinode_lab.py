@@ -147,6 +147,28 @@ def test_a_dead_follower_degrades_the_deployment_and_provision_restarts_it_whole
     assert status(sim, "big")["state"] == "ready"
 
 
+def test_a_node_that_dies_during_the_start_stops_the_whole_deployment(big):
+    sim, _ = big
+    hv = Path(os.environ["GPUPROV_INVENTORY"]) / "host_vars"
+    hv.mkdir(exist_ok=True)
+    (hv / "mn1.yml").write_text(json.dumps({"engine_env": {"GPUPROV_STANDIN_DELAY": "2",
+                                                           "GPUPROV_STANDIN_FAIL": "oom"}}) + "\n")
+    try:
+        p = sim.cli("provision", "--host", "big", timeout=300)
+        assert p.returncode == 1, p.stdout + p.stderr
+        # the follower is named as the one that failed, with its diagnosis; the head went down with it
+        assert "error: mn1: the engine stopped during start-up" in p.stderr, p.stderr
+        assert "error: mn0: stopped with the deployment" in p.stderr, p.stderr
+        assert "out of GPU memory" in p.stdout
+        st = status(sim, "big")
+        assert st["state"] == "down" and all(n["engine"]["service"] != "active" for n in st["nodes"]), st
+    finally:
+        (hv / "mn1.yml").unlink()
+    p = sim.cli("provision", "--host", "big", timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert status(sim, "big")["state"] == "ready"
+
+
 def test_multinode_refusals_before_anything_is_installed(big):
     sim, _ = big
     sim.up("mn2", gpu=A5000)

@@ -247,6 +247,10 @@ class Multinode:
         sock.settimeout(None)
         sock.sendall(b"%d\n" % self.rank)
         self.ranks()
+        if os.environ.get("GPUPROV_STANDIN_FAIL") == "oom":  # this node dies while the engine loads
+            time.sleep(1)
+            sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n")
+            return 1
         while sock.recv(1024):
             pass
         sys.stderr.write("RuntimeError: the head node %s:%d went away (connection closed)\n" % (self.addr, self.port))

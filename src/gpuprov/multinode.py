@@ -501,7 +501,5 @@ def run(dep: Deployment, **kw: Any) -> GroupResult:
     """``provision_deployment`` with every error kept in the result (as for single hosts)."""
     try:
         return provision_deployment(dep, **kw)
-    except (UsageError, RemoteError) as e:
-        if isinstance(e, UsageError):
-            raise
+    except RemoteError as e:  # bad input (UsageError) still ends the run with its own line and exit code
         return GroupResult(dep, error=str(e))

@@ -251,6 +251,16 @@ def plan_json(outcomes: Sequence[HostOutcome[Plan]]) -> None:
             outcome_error(o)
 
 
+def _refused(title: str, r: Any) -> None:
+    """A refused plan (one host's or a deployment's): the reason, what would work, and why."""
+    out.print(f"{title}: [bold red]REFUSED[/] {esc(r.model)}")
+    out.print(f"  why: {r.reason}", markup=False)
+    for w in r.ways_out:
+        out.print(f"  would work: {w}", markup=False)
+    for w in r.why:
+        out.print(f"  · {esc(w)}")
+
+
 def group_plan_json(gp) -> None:  # noqa: ANN001
     json_line(gp.to_json())
 
@@ -258,12 +268,7 @@ def group_plan_json(gp) -> None:  # noqa: ANN001
 def group_plan_human(gp) -> None:  # noqa: ANN001
     """A multinode deployment's plan: the deployment's reasons, then each node's plan (its rank's flags)."""
     if not gp.ok:
-        out.print(f"[bold]{esc(gp.group)}[/] (multinode): [bold red]REFUSED[/] {esc(gp.model)}")
-        out.print(f"  why: {gp.reason}", markup=False)
-        for w in gp.ways_out:
-            out.print(f"  would work: {w}", markup=False)
-        for w in gp.why:
-            out.print(f"  · {esc(w)}")
+        _refused(f"[bold]{esc(gp.group)}[/] (multinode)", gp)
         return
     out.print(f"[bold]{esc(gp.group)}[/] (multinode): [green]OK[/] {esc(gp.model)} on {len(gp.nodes)} nodes, head "
               f"{esc(gp.head)}, tensor parallel {gp.tensor_parallel_size} × pipeline parallel "
@@ -285,12 +290,7 @@ def plan_one(p: Plan) -> None:
     import shlex
 
     if not p.ok:
-        out.print(f"[bold]{esc(p.host)}[/]: [bold red]REFUSED[/] {esc(p.model)}")
-        out.print(f"  why: {p.reason}", markup=False)
-        for w in p.ways_out:
-            out.print(f"  would work: {w}", markup=False)
-        for w in p.why:
-            out.print(f"  · {esc(w)}")
+        _refused(f"[bold]{esc(p.host)}[/]", p)
         return
     out.print(f"[bold]{esc(p.host)}[/]: [green]OK[/] {esc(p.model)}")
     compat = " + CUDA forward compatibility" if p.cuda_compat else ""

@@ -45,6 +45,16 @@ def log_of(name: str) -> str:
     return remote(name, "cat", "/opt/gpuprov/logs/vllm.log")
 
 
+def kill_engine(name: str, wait: float) -> int:
+    """kill -9 the host's engine process (the supervisor's child) and wait until the supervisor saw it go; its pid."""
+    pid = child_pid(name)
+    remote(name, "kill", "-9", str(pid))
+    deadline = time.monotonic() + wait
+    while child_pid(name) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return pid
+
+
 def status(sim, group: str) -> dict:
     p = sim.cli("status", "--host", group, "--json")
     lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
@@ -125,11 +135,7 @@ def test_multinode_status_rerun_and_tunnel(big):
 
 def test_a_dead_follower_degrades_the_deployment_and_provision_restarts_it_whole(big):
     sim, _ = big
-    head_pid, follower_pid = child_pid("mn0"), child_pid("mn1")
-    remote("mn1", "kill", "-9", str(follower_pid))
-    deadline = time.monotonic() + 20
-    while child_pid("mn1") is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    head_pid, follower_pid = child_pid("mn0"), kill_engine("mn1", 20)
     st = status(sim, "big")
     assert st["state"] == "degraded", st
     assert st["nodes"][1]["engine"]["service"] in ("inactive", "failed")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import time
 import zipfile
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from gpuprov.sim import control as lab
 from gpuprov.sim import real_engine
 
 from ..unit.test_health import phases_through
-from .test_multinode_lab import child_pid, log_of, state, status
+from ..unit.test_scale_out_programs import metric_names
+from .test_multinode_lab import child_pid, kill_engine, log_of, state, status
 from .test_provision_lab import provision, remote
 
 WHY = real_engine.unavailable()
@@ -187,16 +187,6 @@ def test_recorded_flags_match_the_live_parser_and_the_standin_accepts_exactly_th
 METRICS = Path(__file__).parents[1] / "data" / "real-engine-cpu-metrics.txt"
 
 
-def metric_names(text: str) -> set[tuple[str, str]]:
-    """(name, sorted label names) of every sample in a Prometheus text exposition."""
-    out = set()
-    for line in text.splitlines():
-        if line.startswith("vllm:"):
-            name, _, rest = line.partition("{")
-            out.add((name, ",".join(sorted(kv.split("=")[0] for kv in rest.rpartition("}")[0].split(",") if kv))))
-    return out
-
-
 @pytest.fixture(scope="module")
 def pair(real):
     sim, _ = real
@@ -254,11 +244,7 @@ def test_the_real_metrics_names_are_the_ones_the_standin_serves(pair, lab_env):
 @pytest.mark.multinode
 def test_a_dead_follower_is_restored_with_the_whole_deployment(pair):
     sim, _ = pair
-    head, follower = child_pid("rv1"), child_pid("rv2")
-    remote("rv2", "kill", "-9", str(follower))
-    deadline = time.monotonic() + 30
-    while child_pid("rv2") is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    head, follower = child_pid("rv1"), kill_engine("rv2", 30)
     assert status(sim, "bigr")["state"] in ("degraded", "down")
     p = sim.cli("provision", "--host", "bigr", timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]

@@ -108,7 +108,8 @@ def test_status_reads_the_engine_load_from_the_real_engines_metrics(tmp_path):
     assert out["load"] == {"running": 3, "waiting": 2, "served": 16}
 
 
-def _names(text: str) -> set[tuple[str, str]]:
+def metric_names(text: str) -> set[tuple[str, str]]:
+    """(name, sorted label names) of every sample in a Prometheus text exposition."""
     out = set()
     for line in text.splitlines():
         if line.startswith("vllm:"):
@@ -130,8 +131,8 @@ def test_the_standin_serves_the_real_engines_metric_names():
     a = ns["parser"]().parse_args(["gpuprov-lab/tiny-llama"])
     eng = ns["Engine"](a)
     eng.success["stop"] = 2
-    served = _names(eng.metrics().decode())
-    real = _names(REAL_METRICS.read_text())
+    served = metric_names(eng.metrics().decode())
+    real = metric_names(REAL_METRICS.read_text())
     assert served, "the stand-in serves no metrics"
     assert served <= real, f"names or labels the real engine does not have: {sorted(served - real)}"
     for needed in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:request_success_total"):

@@ -7,6 +7,7 @@ commands run on hosts, and the full error chain). Exit codes (``gpuprov.fleet``)
 
 from __future__ import annotations
 
+import gc
 import sys
 from functools import wraps
 from pathlib import Path
@@ -84,6 +85,10 @@ def _errors(fn):
                 sys.stderr.write("".join(traceback.format_exception(e)))
             report.error(one_line(e))
             raise Exit(code=e.exit_code if isinstance(e, GpuprovError) else 1) from None
+        finally:
+            # the task's work is done: what the process holds now is freed at exit anyway, so the collector need
+            # not walk it first (the interpreter's shutdown took ~80 ms of every command's time, ~10 ms after this)
+            gc.freeze()
 
     return wrapper
 

@@ -105,8 +105,9 @@ class HostSession:
         data = stdin or b""
         prog = remote.in_process(argv, stdin)
         if prog is not None:
-            req = {"op": "py", "code": len(prog[0]), "argv": prog[1], "timeout": timeout}
-            head = self._request(req, prog[0], timeout + 15)
+            req = {"op": "py", "code": len(prog.code), "tail": len(prog.tail), "key": prog.key, "argv": prog.args,
+                   "timeout": timeout}
+            head = self._request(req, prog.code + prog.tail, timeout + 15)
         else:
             head = self._request({"op": "run", "argv": [str(a) for a in argv], "stdin": len(data),
                                   "timeout": timeout}, data, timeout + 15)

@@ -39,9 +39,9 @@ class Call:
 
     @property
     def args(self) -> tuple[str, ...]:
-        """A remote program's own arguments (after the loader and the program's length)."""
-        i = self.argv.index(remote.LOADER) if remote.LOADER in self.argv else -2
-        return self.argv[i + 2:]
+        """A remote program's own arguments (after the loader and its lengths and key)."""
+        i = self.argv.index(remote.LOADER) if remote.LOADER in self.argv else -4
+        return self.argv[i + 4:]
 
     @property
     def queries(self) -> list[dict] | None:
@@ -90,7 +90,8 @@ class FakeSession(FakeStream):
         while b"\n" in self.sent:
             line, rest = self.sent.split(b"\n", 1)
             req = json.loads(line)
-            n = int(req.get("stdin") or 0)
+            n = int(req.get("code") or 0) + int(req.get("tail") or 0) if req["op"] == "py" else \
+                int(req.get("stdin") or 0)
             if len(rest) < n:
                 return
             payload, self.sent = rest[:n], rest[n:]
@@ -100,7 +101,11 @@ class FakeSession(FakeStream):
                 text = (res.stdout.splitlines() or [""])[0].strip()
                 self.data += (json.dumps({"lock": text}) + "\n").encode()
             else:
-                res = self.runner._answer(Call(tuple(req["argv"]), payload or None), count=False)
+                argv = tuple(req["argv"])
+                if req["op"] == "py":  # one of gpuprov's programs: the call as the exec it stands in for
+                    argv = ("python3", "-c", remote.LOADER, str(req["code"]), str(req.get("tail") or 0), req["key"],
+                            *argv)
+                res = self.runner._answer(Call(argv, payload or None), count=False)
                 out, err = res.stdout.encode(), res.stderr.encode()
                 self.data += (json.dumps({"rc": res.exit_status, "out": len(out), "err": len(err)}) + "\n").encode()
                 self.data += out + err

@@ -114,7 +114,7 @@ def test_own_programs_run_inside_the_session_and_cannot_touch_its_channel(tmp_pa
 
     def program(body: str) -> dict:
         text = ("import os, sys\n" + body).encode()
-        return {"argv": ["python3", "-c", rem.LOADER, str(len(text)), "arg1"], "stdin": text}
+        return {"argv": rem.loader_argv("test", text, args=["arg1"]), "stdin": text}
 
     with HostSession(local()) as s:
         seen = []

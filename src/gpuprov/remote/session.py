@@ -5,10 +5,11 @@
 #   {"op": "lock", "path": P, "owner": O, "work_lock": W or null, "wait": S}  ->  {"lock": "LOCKED" | "BUSY <who>"
 #       | "ORPHANS"}: an exclusive flock on P (writing O, who holds it); with W, wait up to S s for an earlier
 #       run's orphaned commands to let go of the work lock W (they hold it shared).
-#   {"op": "py", "code": N, "argv": [...], "timeout": T} + N bytes (one of gpuprov's programs)  ->  as "run", but
-#       the program runs inside this Python (a fresh namespace, its own argv, stdout and stderr captured; fds 0, 1
-#       and 2 pointed away from this channel meanwhile): no second interpreter to start for the probe, the state
-#       gathering or the readiness check.
+#   {"op": "py", "code": N, "tail": T, "key": K, "argv": [...], "timeout": T} + N + T bytes (one of gpuprov's
+#       programs, as the loader takes it)  ->  as "run", but the program runs inside this Python (a fresh namespace,
+#       its own argv, stdout and stderr captured; fds 0, 1 and 2 pointed away from this channel meanwhile; its code
+#       compiled once per host by the loader's gpuprov_code): no second interpreter to start for the probe, the
+#       state gathering or the readiness check.
 # EOF on stdin (the channel closed: the run ended, or died) ends the session, which lets go of the lock.
 import fcntl
 import json
@@ -61,7 +62,7 @@ class ProgramTimeout(BaseException):
     pass
 
 
-def run_program(req, code):
+def run_program(req, data):
     import io
     import os
     import traceback
@@ -81,7 +82,11 @@ def run_program(req, code):
     signal.alarm(max(1, int(req.get("timeout") or 120)))
     rc = 0
     try:
-        exec(compile(code, "gpuprov-remote", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        n = int(req["code"])
+        ns = {"__name__": "__main__", "__builtins__": __builtins__}
+        exec(gpuprov_code(data[:n], req["key"]), ns)  # noqa: F821 - the loader's, in whose namespace we run
+        if data[n:]:
+            exec(compile(data[n:], "gpuprov-remote", "exec"), ns)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             rc = e.code or 0
@@ -125,7 +130,7 @@ while True:
     if req["op"] == "lock":
         answer({"lock": take_lock(req)})
     elif req["op"] in ("run", "py"):
-        n = int(req.get("stdin") or req.get("code") or 0)
+        n = int(req.get("stdin") or 0) if req["op"] == "run" else int(req["code"]) + int(req.get("tail") or 0)
         data = inp.read(n) if n else b""
         rc, out, err = run(req, data) if req["op"] == "run" else run_program(req, data)
         answer({"rc": rc, "out": len(out), "err": len(err)}, out, err)

@@ -9,6 +9,7 @@ changed them), or any task after something changed, reads its own state again ri
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,16 +53,25 @@ def under_work_lock(argv: Sequence[str], work_lock: str | None) -> tuple[str, ..
 def gather(runner: Any, queries: list[dict]) -> list[dict]:
     if not queries:
         return []
-    import ast
-
-    argv, stdin = remote.gather_command(queries)
+    # the same query from several operations (a folder's parents, a venv's packages) is asked once
+    unique = list({repr(q): q for q in queries}.values())
+    argv, stdin = remote.gather_command(unique)
     res = runner.run(argv, stdin=stdin, timeout=120)
     if res.exit_status != 0:
         raise RemoteError(f"{runner.host.name}: state gathering failed: {res.stderr.strip()[-300:]}")
     try:
-        return ast.literal_eval(res.stdout)
-    except (ValueError, SyntaxError):
+        answers = json.loads(res.stdout)
+    except ValueError:
         raise RemoteError(f"{runner.host.name}: unreadable state: {res.stdout[:200]!r}") from None
+    if not isinstance(answers, list) or len(answers) != len(unique):
+        raise RemoteError(f"{runner.host.name}: unreadable state: {len(unique)} queries, answers {res.stdout[:200]!r}")
+    by_query = {repr(q): a for q, a in zip(unique, answers, strict=True)}
+    out, given = [], set()
+    for q in queries:  # a repeated query gets its own copy of the answer (an operation may change what it got)
+        k = repr(q)
+        out.append(copy.deepcopy(by_query[k]) if k in given else by_query[k])
+        given.add(k)
+    return out
 
 
 @dataclass(frozen=True)
@@ -241,7 +251,8 @@ class HostRun:
             return t.name
 
     def _octx(self, t: Task, scope: Scope) -> OpContext:
-        octx = OpContext(self.runner, self.facts, self.opts.check, self._become(t, scope))
+        octx = OpContext(self.runner, self.facts, self.opts.check, self._become(t, scope),
+                         diff=self.opts.diff or self.opts.check)
         report_progress = self.opts.on_progress
         if report_progress:
             octx.on_progress = lambda text: report_progress(self.host.name, text)

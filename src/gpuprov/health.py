@@ -81,6 +81,10 @@ def diagnose(lines: list[str]) -> str | None:
     return None
 
 
+#: the engine's log lines kept while it starts (for the diagnosis and the last lines shown on failure)
+KEEP_LINES = 200
+
+
 @dataclass
 class Progress:
     phase: str = "starting"
@@ -92,7 +96,7 @@ class Progress:
 
     def feed(self, line: str) -> None:
         self.lines.append(line)
-        del self.lines[:-200]
+        del self.lines[:-KEEP_LINES]
         if "[gpuprov-supervise] starting" in line or "vLLM server version" in line or "vLLM API server version" in line:
             self.phase, self.percent, self.kv_tokens = "starting", None, None  # a new engine process
         m = CHECKPOINT.search(line)
@@ -152,7 +156,9 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
             # an engine that is already up is proven in this same exec (a re-provision: one exec to verify)
             "complete": {"env_file": env_file, "model": model, "timeout": COMPLETION_TIMEOUT_S},
             # while it starts, the host watches for up to this long per exec (remote/poll.py)
-            "wait": POLL_WAIT_S}
+            "wait": POLL_WAIT_S,
+            # an engine that is already up sends only the lines that would be kept
+            "keep": KEEP_LINES}
     prog = Progress()
     deadline = time.monotonic() + timeout
     seen_restarts = None

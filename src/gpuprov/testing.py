@@ -159,7 +159,7 @@ def gathered(answers: Callable[[dict], dict]) -> Callable[[Call], Answer]:
 
     def handler(call: Call) -> Answer:
         qs = call.queries
-        return repr([answers(q) for q in qs]) if qs is not None else None
+        return json.dumps([answers(q) for q in qs]) if qs is not None else None
 
     return handler
 

@@ -41,7 +41,7 @@ def test_apply_one_is_a_no_op_when_already_so_and_fails_loudly_when_a_command_fa
 
     def failing(call: Call):
         if call.queries is not None:
-            return repr([{"props": {"ActiveState": "inactive", "LoadState": "loaded"}}])
+            return json.dumps([{"props": {"ActiveState": "inactive", "LoadState": "loaded"}}])
         return (5, "", "Job for gpuprov-vllm.service failed")
 
     r = FakeRunner(failing)
@@ -96,7 +96,7 @@ def test_host_run_check_apply_handlers_register_when_until(tmp_path):
 
     def handler(call: Call):
         if call.queries is not None:
-            return repr([{"exists": q.get("path") == "/m"} for q in call.queries])
+            return json.dumps([{"exists": q.get("path") == "/m"} for q in call.queries])
         if call.argv[:2] == ("/bin/sh", "-c"):
             return next(probes)
         return None
@@ -113,7 +113,7 @@ def test_host_run_check_apply_handlers_register_when_until(tmp_path):
 def test_host_run_stops_at_a_failed_task_and_runs_no_handler(tmp_path):
     def handler(call: Call):
         if call.queries is not None:
-            return repr([{"exists": True} for _ in call.queries])
+            return json.dumps([{"exists": True} for _ in call.queries])
         return (1, "", "disk full") if call.argv == ("write-more",) else None
 
     recap, r = _run_play(tmp_path, handler)
@@ -223,7 +223,7 @@ def _provision_with(tmp_path, monkeypatch, restore_rc: int, readiness: list[bool
 
     def handler(call: Call):
         if call.queries is not None:
-            return repr([{"running": True, "pid": 9} if q["kind"] == "service" else {"exists": False}
+            return json.dumps([{"running": True, "pid": 9} if q["kind"] == "service" else {"exists": False}
                          for q in call.queries])
         if call.argv[:2] == ("sh", "-c") and ".good" in call.argv[2] and "exit 3" in call.argv[2]:
             return (restore_rc, "", "")

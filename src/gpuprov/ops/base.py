@@ -73,6 +73,8 @@ class OpContext:
     facts: Any
     check_mode: bool = False
     become: bool = False
+    #: diffs are shown (--diff or --check): a changed file's old text is worth fetching
+    diff: bool = False
     notes: list[str] = field(default_factory=list)
     #: progress lines for long waits (the weights download), shown to the user as they come
     on_progress: Callable[[str], None] | None = None

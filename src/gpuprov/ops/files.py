@@ -289,8 +289,9 @@ class Copy(Op):
             raise UsageError(f"task {self.task!r}: cannot read src: {e}") from None
 
     def queries(self, ctx: OpContext) -> list[State]:
-        q: list[State] = [{"kind": "stat", "path": self.dest, "hash": True, "content": not self.a.get("secret"),
-                           "parent": True, "follow": True}]
+        # the old text only for a diff that is shown (a no-op run of a big template fetches its hash alone)
+        q: list[State] = [{"kind": "stat", "path": self.dest, "hash": True,
+                           "content": ctx.diff and not self.a.get("secret"), "parent": True, "follow": True}]
         if self.a.get("remote_src"):
             q.append({"kind": "stat", "path": str(self.a["src"]), "hash": True, "content": True, "follow": True,
                       "max": 16 << 20})

@@ -5,7 +5,6 @@ downloads nothing."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import json
 import posixpath
@@ -30,8 +29,8 @@ def host_answer(outputs: list[Any]) -> State:
     if not outputs:
         return {}
     try:
-        answer: State = dict(ast.literal_eval(outputs[-1].stdout)[0])
-    except (ValueError, SyntaxError, IndexError):
+        answer: State = dict(json.loads(outputs[-1].stdout)[0])
+    except (ValueError, IndexError, TypeError, KeyError):
         return {"failed": True, "msg": f"unreadable answer from the host: {outputs[-1].stdout[:200]!r}"}
     if "error" in answer and "status" not in answer and "msg" not in answer:
         return {"failed": True, "msg": answer["error"]}

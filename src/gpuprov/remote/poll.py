@@ -4,8 +4,6 @@
 # With "wait": S, it watches on the host for up to S s (every half second) and answers as soon as /health is up
 # or the engine stops: one exec per few seconds while an engine starts, instead of one python3 and one SSH
 # session every half second competing with the engine for the CPU. Argument: JSON; prints JSON.
-import json
-import subprocess
 import time
 
 
@@ -14,7 +12,7 @@ def chat_completion(port, env_file, model, timeout):
     127.0.0.1): {ok, ms, model, content, finish_reason} or {ok: False, error}. The API key is read here from the
     0600 env file, never from argv."""
     key = read_env(env_file).get("VLLM_API_KEY")
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say OK."}],
+    body = to_json({"model": model, "messages": [{"role": "user", "content": "Say OK."}],
                        "max_tokens": 1}).encode()
     headers = {"Content-Type": "application/json"}
     if key:
@@ -25,7 +23,7 @@ def chat_completion(port, env_file, model, timeout):
         why = data if status is None else "HTTP %s: %s" % (status, data[:300].decode("utf-8", "replace"))
         return {"ok": False, "error": why}
     try:
-        d = json.loads(data)
+        d = from_json(data)
         return {"ok": True, "ms": round((time.monotonic() - t) * 1000, 1), "model": d.get("model"),
                 "content": d["choices"][0]["message"].get("content"),
                 "finish_reason": d["choices"][0].get("finish_reason")}
@@ -38,13 +36,11 @@ def snapshot(a):
     if a["manager"] == "systemd":
         cmd = ["journalctl", "-u", a["unit"], "-o", "cat", "--no-pager", "--show-cursor", "-n", "400"]
         cmd += ["--after-cursor", a["pos"]] if a["pos"] else ["--since", "@%d" % int(a["since"])]
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        lines = p.stdout.decode("utf-8", "replace").splitlines()
+        lines = spawn(cmd, 30)[1].splitlines()
         if lines and lines[-1].startswith("-- cursor: "):
             out["pos"] = lines.pop()[len("-- cursor: "):]
         out["lines"] = lines
-        s = subprocess.run(["systemctl", "show", a["unit"], "-p", "ActiveState,NRestarts,ExecMainStatus"],
-                           stdout=subprocess.PIPE).stdout.decode()
+        s = spawn(["systemctl", "show", a["unit"], "-p", "ActiveState,NRestarts,ExecMainStatus"], 30)[1]
         props = dict(kv.split("=", 1) for kv in s.splitlines() if "=" in kv)
         out["service"] = {"active": props.get("ActiveState"), "restarts": int(props.get("NRestarts") or 0),
                           "last_exit": int(props.get("ExecMainStatus") or 0)}
@@ -80,7 +76,7 @@ def snapshot(a):
     return out
 
 
-a = json.loads(sys.argv[1])
+a = from_json(sys.argv[1])
 deadline = time.monotonic() + float(a.get("wait") or 0)
 out = snapshot(a)
 seen = out["lines"]
@@ -89,8 +85,10 @@ while out["health"] != 200 and (out["service"] or {}).get("active") == "active" 
     a["pos"] = out["pos"]
     out = snapshot(a)
     seen += out["lines"]
-out["lines"] = seen
+# an engine that is up needs no start-up story: the last "keep" lines only (what gpuprov keeps; a long-running
+# engine's log since its start can be the whole 256 KiB)
+out["lines"] = seen[-int(a.get("keep") or 200):] if out["health"] == 200 else seen
 if out["health"] == 200 and a.get("complete"):
     c = a["complete"]
     out["completion"] = chat_completion(a["port"], c["env_file"], c["model"], c["timeout"])
-print(json.dumps(out))
+print(to_json(out))

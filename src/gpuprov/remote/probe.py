@@ -1,10 +1,6 @@
 # gpuprov probe: runs on the target host as `python3 -` (script on stdin), standard library only.
 # It collects raw observations and prints ONE JSON object; gpuprov.facts parses them locally.
 # Every failure is recorded as data, never raised: the probe must always print its JSON.
-import json
-import platform
-import shutil
-import subprocess
 
 OUT = {"probe_version": 1, "errors": {}}
 
@@ -25,16 +21,8 @@ def read(path, limit=65536):
 
 
 def run(argv, timeout=20):
-    try:
-        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-        return {"rc": p.returncode, "out": p.stdout.decode("utf-8", "replace"),
-                "err": p.stderr.decode("utf-8", "replace")[-4000:]}
-    except FileNotFoundError:
-        return {"rc": 127, "out": "", "err": "not found"}
-    except subprocess.TimeoutExpired:
-        return {"rc": 124, "out": "", "err": "timed out after %ss" % timeout}
-    except OSError as e:
-        return {"rc": 126, "out": "", "err": str(e)}
+    rc, out, err = spawn(argv, timeout)
+    return {"rc": rc, "out": out, "err": err[-4000:]}
 
 
 def os_release():
@@ -121,19 +109,46 @@ def disk():
 
 def user():
     return {"uid": os.getuid(), "name": os.environ.get("USER") or os.environ.get("LOGNAME"),
-            "sudo": shutil.which("sudo") is not None}
+            "sudo": which("sudo") is not None}
 
 
 def tools():
-    return {t: shutil.which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl",
+    return {t: which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl",
                                          "nvidia-smi", "flock")}
 
 
+def _ctypes_util_on_demand():
+    """pynvml imports ctypes.util's find_library, which it calls only on Windows, and ctypes.util imports shutil,
+    subprocess, re and tempfile: ~35 ms of CPU on a small VM, more than the rest of a quick probe. While pynvml
+    loads, a module stands in whose find_library loads the real one when called. Returns it (None when the real
+    one is loaded already)."""
+    if "ctypes.util" in sys.modules:
+        return None
+    import types
+
+    stand_in = types.ModuleType("ctypes.util")
+
+    def find_library(name):
+        if sys.modules.get("ctypes.util") is stand_in:
+            del sys.modules["ctypes.util"]
+        import ctypes.util
+
+        return ctypes.util.find_library(name)
+
+    stand_in.find_library = find_library
+    sys.modules["ctypes.util"] = stand_in
+    return stand_in
+
+
 def nvml():
+    stand_in = _ctypes_util_on_demand()
     try:
         import pynvml as n
     except Exception as e:  # noqa: BLE001
         return {"available": False, "error": "pynvml not importable: %s" % e}
+    finally:
+        if stand_in is not None and sys.modules.get("ctypes.util") is stand_in:
+            del sys.modules["ctypes.util"]
 
     def s(v):
         return v.decode() if isinstance(v, bytes) else v
@@ -184,14 +199,14 @@ def recorded_fingerprints():
     found = set()
     for text in (OUT.get("state") or {}).values():
         try:
-            found.add(json.loads(text).get("gpu_fingerprint"))
+            found.add(from_json(text).get("gpu_fingerprint"))
         except (ValueError, AttributeError):
             pass
     return found
 
 
 def smi():
-    exe = shutil.which("nvidia-smi")
+    exe = which("nvidia-smi")
     if not exe:
         return {"present": False}
     fp = OUT.get("gpu_fingerprint")
@@ -216,8 +231,6 @@ POD_NEVER = ("RUNPOD_API_KEY", "PUBLIC_KEY", "SSH_PUBLIC_KEY", "JUPYTER_PASSWORD
 
 
 def pod_env():
-    import shlex
-
     def keep(k):
         return k not in POD_NEVER and (k.startswith("RUNPOD_") or k in POD_NAMES)
 
@@ -230,6 +243,8 @@ def pod_env():
             out["pid1"] = found
     text = read("/etc/rp_environment")
     if text:
+        import shlex
+
         found = {}
         for line in text.splitlines():
             try:
@@ -258,10 +273,10 @@ def state():
     return out
 
 
-attempt("hostname", platform.node)
+attempt("hostname", lambda: os.uname().nodename)  # (what platform.node, .release and .machine read)
 attempt("os", os_release)
-attempt("kernel", lambda: platform.release())
-attempt("arch", lambda: platform.machine())
+attempt("kernel", lambda: os.uname().release)
+attempt("arch", lambda: os.uname().machine)
 attempt("glibc", lambda: os.confstr("CS_GNU_LIBC_VERSION"))
 attempt("python", this_python)
 attempt("pythons", pythons)
@@ -277,4 +292,4 @@ attempt("gpu_fingerprint", gpu_fingerprint)
 attempt("state", state)
 attempt("nvidia_smi", smi)  # both, so that where they disagree the probe can say so
 attempt("pod_env", pod_env)
-sys.stdout.write(json.dumps(OUT))
+sys.stdout.write(to_json(OUT))

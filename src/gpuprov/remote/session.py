@@ -12,11 +12,9 @@
 #       state gathering or the readiness check.
 # EOF on stdin (the channel closed: the run ended, or died) ends the session, which lets go of the lock.
 import fcntl
-import json
-import signal
-import subprocess
 import time
 
+signal = signals()
 held = []
 
 
@@ -48,6 +46,8 @@ def take_lock(req):
 
 
 def run(req, data):
+    import subprocess
+
     try:
         p = subprocess.run(req["argv"], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=req.get("timeout"))
@@ -64,8 +64,6 @@ class ProgramTimeout(BaseException):
 
 def run_program(req, data):
     import io
-    import os
-    import traceback
 
     out, err = io.StringIO(), io.StringIO()
     saved = (sys.stdout, sys.stderr, sys.argv, os.dup(0), os.dup(1), os.dup(2))
@@ -97,6 +95,8 @@ def run_program(req, data):
         err.write("gpuprov session: timed out\n")
         rc = 124
     except BaseException:  # noqa: BLE001 - the program's failure is its answer, the session goes on
+        import traceback
+
         err.write(traceback.format_exc())
         rc = 1
     finally:
@@ -110,7 +110,7 @@ def run_program(req, data):
 
 
 def answer(head, *blobs):
-    sys.stdout.buffer.write((json.dumps(head) + "\n").encode())
+    sys.stdout.buffer.write((to_json(head) + "\n").encode())
     for b in blobs:
         sys.stdout.buffer.write(b)
     sys.stdout.buffer.flush()
@@ -126,7 +126,7 @@ while True:
     line = inp.readline()
     if not line:
         break
-    req = json.loads(line)
+    req = from_json(line)
     if req["op"] == "lock":
         answer({"lock": take_lock(req)})
     elif req["op"] in ("run", "py"):

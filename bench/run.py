@@ -149,32 +149,50 @@ def stop_ansible_masters(tmp: Path) -> None:
                 pass
 
 
-def bench_tool(tool: str, hosts, inv: Path, runs: int, tmp: Path) -> dict:  # noqa: ANN001
-    argv, env = command_for(tool, inv, hosts, tmp)
-    run_once(argv, env, HERE)  # warm-up: the first run makes the changes
-    stop_ansible_masters(tmp)
-    walls: list[float] = []
-    before = sshd_counts(hosts)
-    for _ in range(runs):
-        argv, env = command_for(tool, inv, hosts, tmp)
-        walls.append(run_once(argv, env, HERE))
-        stop_ansible_masters(tmp)
+def interleaved(commands: dict, hosts, runs: int, tmp: Path) -> dict[str, dict]:  # noqa: ANN001
+    """Each command (name -> a function giving (argv, env)) run once to warm up, then ``runs`` rounds of one run
+    each, the order rotating every round: every ratio compares runs made side by side, on the same state of this
+    (shared, noisy) machine. SSH connections and exec requests per host are counted from the hosts' sshd logs around
+    each run."""
     import resource
 
+    walls: dict[str, list[float]] = {k: [] for k in commands}
+    counts = {k: [0, 0] for k in commands}
+    for make in commands.values():
+        argv, env = make()
+        run_once(argv, env, HERE)  # warm-up: the first run makes the changes
+        stop_ansible_masters(tmp)
+    names = list(commands)
+    for i in range(runs):
+        for k in names[i % len(names):] + names[:i % len(names)]:
+            argv, env = commands[k]()
+            before = sshd_counts(hosts)
+            walls[k].append(run_once(argv, env, HERE))
+            stop_ansible_masters(tmp)
+            after = sshd_counts(hosts)
+            counts[k][0] += sum(after[h.name][0] - before[h.name][0] for h in hosts)
+            counts[k][1] += sum(after[h.name][1] - before[h.name][1] for h in hosts)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-    after = sshd_counts(hosts)
     n = len(hosts)
-    conns = sum(after[h.name][0] - before[h.name][0] for h in hosts) / (n * runs)
-    execs = sum(after[h.name][1] - before[h.name][1] for h in hosts) / (n * runs)
-    return {"tool": tool, "hosts": n, "median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3),
-            "max_s": round(max(walls), 3), "exec_per_host": round(execs, 2), "conn_per_host": round(conns, 2),
-            "runs": runs, "maxrss_mb_any_child": rss}
+    return {k: {"hosts": n, "median_s": round(statistics.median(w), 3), "min_s": round(min(w), 3),
+                "max_s": round(max(w), 3), "exec_per_host": round(counts[k][1] / (n * runs), 2),
+                "conn_per_host": round(counts[k][0] / (n * runs), 2), "runs": runs, "maxrss_mb_any_child": rss}
+            for k, w in walls.items()}
+
+
+def bench_tools(tools, hosts, invs: dict, runs: int, tmp: Path) -> list[dict]:  # noqa: ANN001
+    """The no-op play of every tool on ``hosts``, the tools' runs interleaved."""
+    commands = {t: (lambda t=t: command_for(t, invs[t], hosts, tmp)) for t in tools}
+    rows = interleaved(commands, hosts, runs, tmp)
+    return [{"tool": t, **rows[t]} for t in tools]
 
 
 # --------------------------------------------------------------------------- provision no-op and tunnel
 
 
-def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
+def bench_provision(hosts, runs: int, play_inv: Path, tmp: Path) -> dict:  # noqa: ANN001
+    """``invoke provision`` of already provisioned hosts, its runs interleaved with gpuprov's no-op play on the same
+    hosts: the ratio of the two medians is taken side by side."""
     from gpuprov import api
     from gpuprov.provision import provision
 
@@ -183,20 +201,17 @@ def bench_provision(hosts, runs: int) -> dict:  # noqa: ANN001
     bad = [r.host for r in first if not r.ok]
     if bad:
         raise RuntimeError(f"provisioning failed on {bad}")
-    walls = []
-    before = sshd_counts(hosts)
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        p = subprocess.run([str(Path(sys.executable).parent / "invoke"), "provision", "--host",
-                            ",".join(h.name for h in hosts), "--json"], cwd=REPO, capture_output=True, text=True,
-                           timeout=900)
-        walls.append(time.perf_counter() - t0)
-        recap = json.loads(p.stdout.strip().splitlines()[-1])["hosts"]
-        assert all(v["changed"] == 0 and v.get("ready") for v in recap.values()), recap
-    after = sshd_counts(hosts)
-    execs = sum(after[h.name][1] - before[h.name][1] for h in hosts) / (len(hosts) * runs)
-    return {"what": "provision no-op", "hosts": len(hosts), "median_s": round(statistics.median(walls), 3),
-            "min_s": round(min(walls), 3), "max_s": round(max(walls), 3), "exec_per_host": round(execs, 2)}
+    prov = [str(Path(sys.executable).parent / "invoke"), "provision", "--host", ",".join(h.name for h in hosts),
+            "--json"]
+    rows = interleaved({"provision": lambda: (prov, dict(os.environ)),
+                        "play": lambda: command_for("gpuprov", play_inv, hosts, tmp)}, hosts, runs, tmp)
+    p = subprocess.run(prov, cwd=REPO, capture_output=True, text=True, timeout=900)
+    recap = json.loads(p.stdout.strip().splitlines()[-1])["hosts"]
+    assert all(v["changed"] == 0 and v.get("ready") for v in recap.values()), recap
+    r, play = rows["provision"], rows["play"]
+    return {"what": "provision no-op", "hosts": len(hosts), "median_s": r["median_s"], "min_s": r["min_s"],
+            "max_s": r["max_s"], "exec_per_host": r["exec_per_host"], "play_median_s": play["median_s"],
+            "vs_play": round(r["median_s"] / play["median_s"], 3)}
 
 
 LAT_SCRIPT = r"""
@@ -250,15 +265,20 @@ def main(sizes: list[int], runs: int, as_json: bool, keep: bool = False, tools=(
         for n in sizes:
             sel = hosts[:n]
             invs = write_inventories(lab, sel, tmp)
-            for tool in tools:
-                log(f"{tool} × {n} hosts: warm-up + {runs} runs")
-                row = bench_tool(tool, sel, invs[tool],
-                                 runs if not (tool == "ansible" and n >= 50) else max(1, min(runs, 2)), tmp)
+            fast = [t for t in tools if not (t == "ansible" and n >= 50)]
+            log(f"{', '.join(fast)} × {n} hosts: warm-up + {runs} interleaved runs")
+            for row in bench_tools(fast, sel, invs, runs, tmp):
+                result["rows"].append(row)
+                log(json.dumps(row))
+            if len(fast) < len(tools):  # ansible at 50 hosts takes minutes a run: two runs, on its own
+                log(f"ansible × {n} hosts: warm-up + 2 runs")
+                row = bench_tools(["ansible"], sel, invs, max(1, min(runs, 2)), tmp)[0]
                 result["rows"].append(row)
                 log(json.dumps(row))
         for n in provision_sizes if provision_sizes is not None else [s for s in sizes if s <= 10]:
-            log(f"provision no-op × {n}")
-            result["extra"].append(bench_provision(hosts[:n], runs))
+            log(f"provision no-op × {n}, interleaved with the no-op play")
+            invs = write_inventories(lab, hosts[:n], tmp)
+            result["extra"].append(bench_provision(hosts[:n], runs, invs["gpuprov"], tmp))
         log("tunnel latency")
         result["extra"].append(bench_tunnel(hosts[0]))
         if first_provision:

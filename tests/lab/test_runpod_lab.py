@@ -84,6 +84,8 @@ def test_provision_keeps_everything_under_workspace(pod):
     real = on_host("rpa", "readlink", "-f", f"{VENV}/bin/python").strip()
     assert real.startswith("/usr/bin/python3"), real
     assert on_host("rpa", "sh", "-c", "ls -A /root /opt /tmp | grep -v '^/' | grep -v ':$' || true").split() == []
+    # gpuprov's compiled programs are kept under /workspace too (a reset does not make the pod compile them again)
+    assert "probe-" in on_host("rpa", "ls", "/workspace/.cache/gpuprov/py")
 
 
 def test_after_a_reset_provision_repins_once_and_reinstalls_nothing(pod):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 
@@ -41,7 +42,7 @@ def test_the_loader_runs_a_program_and_leaves_stdin_to_it(tmp_path):
 def _gather_root(home, argv_stdin=None):
     argv, stdin = argv_stdin or remote.command("gather", code="\nmain([{'kind': 'stat', 'path': '/'}])\n",
                                                flags=("-S",))
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "GPUPROV_PY_CACHE": str(home / ".cache" / "gpuprov" / "py")}
     p = subprocess.run([sys.executable, *argv[1:]], input=stdin, capture_output=True, timeout=30, env=env)
     assert p.returncode == 0, p.stderr
     return p.stdout.decode()
@@ -89,6 +90,16 @@ def test_the_loader_keeps_each_program_compiled_in_a_private_folder_and_trusts_n
     _plant(other / kept.name, "import sys\ndef main(queries): sys.stdout.write('planted')")
     cache.symlink_to(other)
     assert _gather_root(home, (argv, stdin)) == real
+
+
+@pytest.mark.skipif(os.path.isdir("/workspace"), reason="a /workspace folder here: the loader keeps its cache there")
+def test_the_loader_keeps_its_cache_in_the_home_where_there_is_no_workspace(tmp_path):
+    argv, stdin = remote.command("gather", code="\nmain([])\n", flags=("-S",))
+    p = subprocess.run([sys.executable, *argv[1:]], input=stdin, capture_output=True, timeout=30,
+                       env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0 and json.loads(p.stdout) == [], p.stderr
+    key = argv[argv.index(remote.LOADER) + 3]
+    assert (tmp_path / ".cache" / "gpuprov" / "py" / f"{key}.{sys.implementation.cache_tag}").is_file()
 
 
 def test_the_loader_runs_without_a_writable_home(tmp_path):

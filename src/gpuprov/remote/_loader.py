@@ -1,28 +1,44 @@
 # gpuprov's loader: the `python3 -c` text in front of every program gpuprov sends to a host (gpuprov.remote.LOADER
 # is this file without its comments). Arguments: N T KEY ARGS...; stdin: the program (N bytes), then T bytes of
 # lines appended to it (the gatherer's `main([...])`), then whatever the program itself reads.
-# The program's compiled code is kept in ~/.cache/gpuprov/py under KEY (its name and the sha256 of its source) and
-# this Python's cache tag, so a host compiles each version of a program once, not on every exec (~10 ms of CPU of a
-# no-op play's ~40 ms on the host). The folder is used only when it is the user's own, 0700 and not a link, opened
-# once and used through that descriptor; a file that does not load as code is compiled again. Whoever could write
-# there could already write the user's ~/.bashrc. The older versions of a program are removed when a new one is kept.
+# The program's compiled code is kept under KEY (its name and the sha256 of its source) and this Python's cache tag
+# in /workspace/.cache/gpuprov/py where /workspace is a folder (it survives a RunPod pod's reset; the home does
+# not), else in ~/.cache/gpuprov/py, so a host compiles each version of a program once, not on every exec (~10 ms
+# of CPU of a no-op play's ~40 ms on the host). A folder is used only when it is the user's own, 0700 and not a
+# link, opened once and used through that descriptor; a file that does not load as code is compiled again. Whoever
+# could write there could already write the user's ~/.bashrc. Older versions of a program are removed when a new one
+# is kept. GPUPROV_PY_CACHE names another folder (the tests' own).
 import marshal
 import os
 import sys
 
 
+def _private_folder():
+    env = os.environ.get("GPUPROV_PY_CACHE")
+    if env:
+        places = [env]
+    else:
+        places = (["/workspace/.cache/gpuprov/py"] if os.path.isdir("/workspace") else []) + ["~/.cache/gpuprov/py"]
+    for d in places:
+        try:
+            d = os.path.expanduser(d)
+            os.makedirs(d, 0o700, exist_ok=True)
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o77:
+            return fd
+        os.close(fd)
+    return None
+
+
 def gpuprov_code(src, key):
     name = "%s.%s" % (key, sys.implementation.cache_tag)
-    try:
-        d = os.path.expanduser("~/.cache/gpuprov/py")
-        os.makedirs(d, 0o700, exist_ok=True)
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
+    fd = _private_folder()
+    if fd is None:
         return compile(src, "gpuprov-remote", "exec")
     try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o77:
-            return compile(src, "gpuprov-remote", "exec")
         try:
             with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as f:
                 code = marshal.load(f)

@@ -173,8 +173,11 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
             return Readiness(False, time.monotonic() - prog.started,
                              error=f"the readiness poll printed no JSON: {res.stdout.strip()[-200:] or 'no output'}")
         args["pos"] = d["pos"]
-        for line in d["lines"]:
-            prog.feed(line)
+        if d.get("health") == 200:  # up: no phase to follow, only the last lines to keep (for a failed completion)
+            prog.lines = (prog.lines + list(d["lines"]))[-KEEP_LINES:]
+        else:
+            for line in d["lines"]:
+                prog.feed(line)
         svc = d.get("service") or {}
         if seen_restarts is None:
             seen_restarts = svc.get("restarts", 0)

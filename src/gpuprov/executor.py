@@ -54,7 +54,9 @@ def gather(runner: Any, queries: list[dict]) -> list[dict]:
     if not queries:
         return []
     # the same query from several operations (a folder's parents, a venv's packages) is asked once
-    unique = list({repr(q): q for q in queries}.values())
+    keys = [repr(q) for q in queries]
+    by_key = dict(zip(keys, queries, strict=True))
+    unique = list(by_key.values())
     argv, stdin = remote.gather_command(unique)
     res = runner.run(argv, stdin=stdin, timeout=120)
     if res.exit_status != 0:
@@ -65,11 +67,10 @@ def gather(runner: Any, queries: list[dict]) -> list[dict]:
         raise RemoteError(f"{runner.host.name}: unreadable state: {res.stdout[:200]!r}") from None
     if not isinstance(answers, list) or len(answers) != len(unique):
         raise RemoteError(f"{runner.host.name}: unreadable state: {len(unique)} queries, answers {res.stdout[:200]!r}")
-    by_query = {repr(q): a for q, a in zip(unique, answers, strict=True)}
+    answer_of = dict(zip(by_key, answers, strict=True))
     out, given = [], set()
-    for q in queries:  # a repeated query gets its own copy of the answer (an operation may change what it got)
-        k = repr(q)
-        out.append(copy.deepcopy(by_query[k]) if k in given else by_query[k])
+    for k in keys:  # a repeated query gets its own copy of the answer (an operation may change what it got)
+        out.append(copy.deepcopy(answer_of[k]) if k in given else answer_of[k])
         given.add(k)
     return out
 

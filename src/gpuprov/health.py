@@ -94,6 +94,10 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     lines: list[str] = field(default_factory=list)
 
+    def keep(self, lines: list[str]) -> None:
+        """Keep ``lines`` as the last ones seen (no phase read from them)."""
+        self.lines = (self.lines + list(lines))[-KEEP_LINES:]
+
     def feed(self, line: str) -> None:
         self.lines.append(line)
         del self.lines[:-KEEP_LINES]
@@ -174,7 +178,7 @@ def wait_ready(runner: Any, *, manager: str, unit: str, log: str, pidfile: str, 
                              error=f"the readiness poll printed no JSON: {res.stdout.strip()[-200:] or 'no output'}")
         args["pos"] = d["pos"]
         if d.get("health") == 200:  # up: no phase to follow, only the last lines to keep (for a failed completion)
-            prog.lines = (prog.lines + list(d["lines"]))[-KEEP_LINES:]
+            prog.keep(d["lines"])
         else:
             for line in d["lines"]:
                 prog.feed(line)

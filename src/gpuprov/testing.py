@@ -103,8 +103,8 @@ class FakeSession(FakeStream):
             else:
                 argv = tuple(req["argv"])
                 if req["op"] == "py":  # one of gpuprov's programs: the call as the exec it stands in for
-                    argv = ("python3", "-c", remote.LOADER, str(req["code"]), str(req.get("tail") or 0), req["key"],
-                            *argv)
+                    code = int(req["code"])
+                    argv = tuple(remote.Program(payload[:code], payload[code:], req["key"], list(argv)).argv())
                 res = self.runner._answer(Call(argv, payload or None), count=False)
                 out, err = res.stdout.encode(), res.stderr.encode()
                 self.data += (json.dumps({"rc": res.exit_status, "out": len(out), "err": len(err)}) + "\n").encode()

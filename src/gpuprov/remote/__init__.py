@@ -41,25 +41,11 @@ def _key(name: str, text: bytes) -> str:
     return f"{name}-{hashlib.sha256(text).hexdigest()[:24]}"
 
 
-def loader_argv(name: str, program: bytes, tail: bytes = b"", args: Sequence[object] = (), python: str = "python3",
-                flags: Sequence[str] = ()) -> list[str]:
-    """The argv that runs ``program`` (then ``tail``, lines appended to it) sent first on stdin; ``name`` and the
-    program's hash name its compiled code on the host."""
-    return [python, *flags, "-c", LOADER, str(len(program)), str(len(tail)), _key(name, program),
-            *[str(a) for a in args]]
-
-
-def command(name: str, *args: object, code: str = "", stdin: bytes = b"", python: str = "python3",
-            flags: tuple[str, ...] = ()) -> tuple[list[str], bytes]:
-    """``(argv, stdin)`` that run program ``name`` with ``args``: its source goes on stdin first, then ``code``
-    (appended lines such as the gatherer's ``main(queries)``), then ``stdin``, which the program may read."""
-    text, tail = source(name).encode(), code.encode()
-    return loader_argv(name, text, tail, args, python, flags), text + tail + stdin
-
-
-def gather_command(queries: list[dict]) -> tuple[list[str], bytes]:
-    """``(argv, stdin)`` of the state gatherer answering ``queries`` (``python3 -S``: no site imports)."""
-    return command("gather", code=f"\nmain({queries!r})\n", flags=("-S",))
+@cache
+def _compiled_as(name: str) -> tuple[bytes, str]:
+    """Program ``name``'s bytes and the key its code is kept under on a host (hashed once per run, not per host)."""
+    text = source(name).encode()
+    return text, _key(name, text)
 
 
 @dataclass(frozen=True)
@@ -70,6 +56,31 @@ class Program:
     tail: bytes
     key: str
     args: list[str]
+
+    def argv(self, python: str = "python3", flags: Sequence[str] = ()) -> list[str]:
+        """``python3 -c LOADER N T KEY ARGS...``; its stdin starts with ``code`` then ``tail``."""
+        return [python, *flags, "-c", LOADER, str(len(self.code)), str(len(self.tail)), self.key, *self.args]
+
+
+def loader_argv(name: str, program: bytes, tail: bytes = b"", args: Sequence[object] = (), python: str = "python3",
+                flags: Sequence[str] = ()) -> list[str]:
+    """The argv that runs ``program`` (then ``tail``, lines appended to it) sent first on stdin; ``name`` and the
+    program's hash name its compiled code on the host."""
+    return Program(program, tail, _key(name, program), [str(a) for a in args]).argv(python, flags)
+
+
+def command(name: str, *args: object, code: str = "", stdin: bytes = b"", python: str = "python3",
+            flags: tuple[str, ...] = ()) -> tuple[list[str], bytes]:
+    """``(argv, stdin)`` that run program ``name`` with ``args``: its source goes on stdin first, then ``code``
+    (appended lines such as the gatherer's ``main(queries)``), then ``stdin``, which the program may read."""
+    text, key = _compiled_as(name)
+    tail = code.encode()
+    return Program(text, tail, key, [str(a) for a in args]).argv(python, flags), text + tail + stdin
+
+
+def gather_command(queries: list[dict]) -> tuple[list[str], bytes]:
+    """``(argv, stdin)`` of the state gatherer answering ``queries`` (``python3 -S``: no site imports)."""
+    return command("gather", code=f"\nmain({queries!r})\n", flags=("-S",))
 
 
 def in_process(argv: Sequence[str], stdin: bytes | None) -> Program | None:

@@ -562,8 +562,9 @@ class SSHRunner(Runner):
             err_thread = threading.Thread(target=_drain_stderr, args=(chan, err_buf), daemon=True)
             err_thread.start()
             if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
+                _send_stdin(chan, stdin)
+            if not chan.closed:
+                chan.shutdown_write()
             out = _read_all(chan.recv, start + timeout)
             err_thread.join(max(0.0, start + timeout - time.monotonic()))
             if not chan.status_event.wait(max(0.0, start + timeout - time.monotonic())):
@@ -571,10 +572,10 @@ class SSHRunner(Runner):
             status = chan.recv_exit_status()
         except TimeoutError:
             chan.close()
-            raise RemoteTimeout(f"{self.host.name}: {cmd[:120]} ran past {timeout:g} s") from None
+            raise RemoteTimeout(f"{self.host.name}: {_shown(cmd, 120)} ran past {timeout:g} s") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             chan.close()
-            raise ConnectError(f"{self.host.name}: connection lost during {cmd[:80]}: {e}") from None
+            raise ConnectError(f"{self.host.name}: connection lost during {_shown(cmd, 80)}: {e}") from None
         chan.close()
         res = Result(argv, status, out.decode("utf-8", "replace"), err_buf.getvalue().decode("utf-8", "replace"),
                      time.monotonic() - start)
@@ -592,7 +593,7 @@ class SSHRunner(Runner):
             chan.set_combine_stderr(True)
             chan.exec_command(cmd)
             if stdin:
-                chan.sendall(stdin)
+                _send_stdin(chan, stdin)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise ConnectError(f"{self.host.name}: cannot open a session: {e or type(e).__name__}") from None
         self.exec_count += 1
@@ -624,6 +625,17 @@ def _read_all(recv: Callable[[int], bytes], deadline: float) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
+    """Write a command's stdin. A command may end without reading it all (a missing python3, RunPod's proxy
+    refusing): the host then closes the channel mid-send, and its output and exit status are the answer, not a lost
+    connection. A transport that really died fails the read that follows."""
+    try:
+        chan.sendall(data)
+    except OSError:
+        if not chan.closed and not chan.exit_status_ready():
+            raise
 
 
 def _drain_stderr(chan: paramiko.Channel, buf: io.BytesIO) -> None:

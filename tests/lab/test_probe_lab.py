@@ -178,6 +178,10 @@ def test_connection_basics(xml_lab):
         assert res.stdout == "a b; $(echo no) 'q' \"d\"\nnl"  # argv reaches the host intact, nothing executed
         res = r.run(["sh", "-c", "cat; echo err >&2; exit 3"], stdin=b"in-data")
         assert (res.exit_status, res.stdout, res.stderr) == (3, "in-data", "err\n")
+        # a command that ends without reading its stdin (python3 missing, RunPod's proxy refusing) is its own answer,
+        # not a lost connection: 8 MiB outlasts the channel's window, so the host closes it mid-send
+        res = r.run(["sh", "-c", "echo early; exit 4"], stdin=b"x" * (8 << 20))
+        assert (res.exit_status, res.stdout) == (4, "early\n")
         r.put(b"secret\n", "/root/f.txt", mode=0o600)
         assert r.run(["stat", "-c", "%a %s", "/root/f.txt"]).stdout.strip() == "600 7"
         from gpuprov.errors import RemoteTimeout

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -46,3 +49,28 @@ def test_op_case(case):
 def test_every_operation_has_cases():
     covered = {c["op"] for c in CASES}
     assert {"command", "shell", "file", "copy", "apt", "venv", "pip", "service"} <= covered
+
+
+def test_pip_runs_from_its_wheel_in_a_venv_made_without_it(tmp_path, monkeypatch):
+    """Real, no network: a venv made as ``venv: {pip: false}`` makes it has no pip; the pip op's runner finds the
+    wheel ensurepip would install and runs pip from it, and with no wheel found lets ensurepip put pip in first."""
+    from gpuprov.ops import packages
+
+    ctx = OpContext(None, SimpleNamespace(is_root=True), become=False)
+    venv = tmp_path / "boot"
+    python = getattr(sys, "_base_executable", sys.executable)
+    made = Op.registry["venv"]({"path": str(venv), "python": python, "pip": False}, "v").check(ctx, [{}])
+    for c in made.commands:
+        subprocess.run(c.argv, check=True, timeout=120)
+    assert not list(venv.glob("lib/python*/site-packages/pip")), "made without pip"
+    pip = Op.registry["pip"]({"venv": str(venv), "packages": ["uv==0.13.9"]}, "p")
+    install = pip.check(ctx, [{"exists": True, "packages": {}}, {"exists": True}]).commands[-1].argv
+    runner = list(install[1:install.index("install")])  # after `env`: the runner, then pip's own arguments
+    assert runner[:2] == ["sh", "-c"] and install[-1] == "uv==0.13.9"
+    out = subprocess.run([*runner, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and ".whl/pip" in out.stdout, out  # pip 23.0.1 from …/pip-23.0.1-py3-none-any.whl/pip
+    assert not list(venv.glob("lib/python*/site-packages/pip")), "pip ran from its wheel, nothing installed"
+    monkeypatch.setattr(packages, "PIP_WHEEL", "raise SystemExit(1)")  # a host with no pip wheel to be found
+    out = subprocess.run([*packages.Pip._pip(str(venv), False), "--version"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and str(Path(venv, "lib")) in out.stdout, out  # ensurepip put it in the venv

@@ -74,3 +74,19 @@ def test_pip_runs_from_its_wheel_in_a_venv_made_without_it(tmp_path, monkeypatch
     out = subprocess.run([*packages.Pip._pip(str(venv), False), "--version"], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and str(Path(venv, "lib")) in out.stdout, out  # ensurepip put it in the venv
+
+
+PINS = [("vllm==0.32.0", "0.32.0+cpu"), ("vllm==0.32.0", "0.32.0"), ("vllm==0.32", "0.32.0"),
+        ("vllm==0.32.0", "0.31.0"), ("uv==0.13.9", "0.13.9rc1"), ("a==1.0", "1.0.post1"),
+        ("a==1.0", "not-a-version"), ("a==1.0", "1.0+x.y"), ("A_b.c==2", "2.0.0")]
+
+
+@pytest.mark.parametrize("pin,have", PINS)
+def test_a_plain_pin_is_judged_as_packaging_judges_it(pin, have):
+    from packaging.requirements import Requirement
+
+    from gpuprov.ops.packages import _Pin, _req
+
+    name, spec = _req(pin)
+    assert isinstance(spec, _Pin) and name == Requirement(pin).name.lower().replace("_", "-").replace(".", "-")
+    assert spec.contains(have, prereleases=True) == Requirement(pin).specifier.contains(have, prereleases=True)

@@ -238,6 +238,7 @@ class Pip(Op):
         cmds = []
         if not state[1].get("exists"):
             cmds.append(self._make_venv(ctx, venv))
+        has_pip = bool(cmds) or "pip" in have  # a venv this task makes has pip (virtualenv and venv seed it)
         judge_by_freeze = self.state in ("latest", "forcereinstall")
         reqs = list(self.reqs)
         if self.a.get("requirements"):
@@ -256,14 +257,14 @@ class Pip(Op):
             gone = [name for name, _, _ in reqs if name in have]
             if not gone:
                 return NoOp("not installed")
-            argv = [*self._pip(venv, "pip" in have), "uninstall", "-y", *gone]
+            argv = [*self._pip(venv, has_pip), "uninstall", "-y", *gone]
             return Change(f"uninstall {', '.join(gone)}", (*cmds, Command(ctx.argv(argv), timeout=600,
                                                                           label="pip uninstall")))
         missing = self._missing(have, reqs)
         self.by_freeze, self.made_venv = judge_by_freeze, bool(cmds)
         if not judge_by_freeze and not missing and not cmds:
             return NoOp("installed")
-        install = self._install_argv(venv, has_pip=bool(cmds) or "pip" in have)
+        install = self._install_argv(venv, has_pip)
         if self.a.get("requirements"):
             install += ["-r", self._reqfile()]
         else:
@@ -290,7 +291,7 @@ class Pip(Op):
             return [f"{venv}/bin/python3", "-m", "pip"]
         return ["sh", "-c", PIP_FROM_WHEEL, "gpuprov-pip", f"{venv}/bin/python3", PIP_WHEEL]
 
-    def _install_argv(self, venv: str, has_pip: bool = True) -> list[str]:
+    def _install_argv(self, venv: str, has_pip: bool) -> list[str]:
         if self.a.get("uv"):
             argv = [str(self.a["uv"]), "pip", "install", "--quiet", "--python", f"{venv}/bin/python"]
         else:

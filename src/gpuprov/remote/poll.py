@@ -13,7 +13,7 @@ def chat_completion(port, env_file, model, timeout):
     0600 env file, never from argv."""
     key = read_env(env_file).get("VLLM_API_KEY")
     body = to_json({"model": model, "messages": [{"role": "user", "content": "Say OK."}],
-                       "max_tokens": 1}).encode()
+                    "max_tokens": 1}).encode()
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = "Bearer " + key

@@ -115,7 +115,7 @@ def user():
 
 def tools():
     return {t: which(t) for t in ("apt-get", "uv", "curl", "systemctl", "systemd-analyze", "journalctl",
-                                         "nvidia-smi", "flock")}
+                                  "nvidia-smi", "flock")}
 
 
 def _ctypes_util_on_demand():
